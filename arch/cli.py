@@ -1,0 +1,57 @@
+"""`archgw up` and `archgw validate` (also `python -m arch ...`)."""
+import argparse
+import logging
+import sys
+
+from .errors import ConfigError
+from .runtime import build
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="archgw", description="One endpoint for every LLM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the gateway in the foreground")
+    validate = sub.add_parser("validate", help="check the config and rules; exit 1 listing every problem")
+    for p in (up, validate):
+        p.add_argument("config", nargs="?", default="arch_config.yaml", help="default: ./arch_config.yaml")
+        p.add_argument("--rules", action="append", default=[], metavar="DIR",
+                       help="a rules directory laid over the built-in rules (repeatable)")
+    up.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return _validate(args) if args.command == "validate" else _up(args)
+
+
+def _validate(args):
+    try:
+        runtime = build(args.config, args.rules)
+    except ConfigError as e:
+        print(f"{args.config}: {len(e.problems)} problem(s):", *(f"  {p}" for p in e.problems), sep="\n")
+        return 1
+    for w in runtime.warnings:
+        print(f"warning: {w}")
+    print(f"{args.config}: OK ({len(runtime.routes.targets)} model(s), {len(runtime.routes.aliases)} alias(es), "
+          f"{len(runtime.rules.files)} rules file(s))")
+    return 0
+
+
+def _up(args):
+    from .server import Gateway, serve  # tornado's server only when serving
+
+    try:
+        gateway = Gateway(args.config, args.rules)
+    except ConfigError as e:
+        print(f"{args.config}: cannot start, {len(e.problems)} problem(s):", *(f"  {p}" for p in e.problems),
+              sep="\n", file=sys.stderr)
+        return 1
+    runtime = gateway.runtime
+    config = runtime.config
+    log = logging.getLogger("arch")
+    for w in runtime.warnings:
+        log.warning("%s", w)
+    lines = [f"archgw listening on http://{config.address}:{config.port}"]
+    lines += [f"  model  {t.name:<40} -> {t.provider} {t.model} ({t.url})" for t in runtime.routes.targets]
+    lines += [f"  alias  {a:<40} -> {t}" for a, t in runtime.routes.aliases.items()]
+    print("\n".join(lines), flush=True)
+    serve(gateway, workers=args.workers)
+    return 0

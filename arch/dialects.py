@@ -1,0 +1,119 @@
+"""Dialects and translations, compiled from rules YAML.
+
+A `Dialect` is one API shape (openai, anthropic): how its requests are
+validated, how its errors look, how its streams are framed. A `Translation`
+is one direction between two dialects (`openai_to_anthropic.yaml`: an OpenAI
+client, an Anthropic provider): request, response and stream mappings.
+Nothing in here names a particular dialect; the YAML does.
+"""
+import json
+
+import jsonschema
+
+from .errors import GatewayError
+from .functions import RuleFunctions
+from .mapping import compile_expr, compile_mapping, compile_steps, truthy
+
+try:
+    from jmespath import Options
+except ImportError:  # pragma: no cover - jmespath < 1.0
+    from jmespath.visitor import Options
+
+
+def rule_options(spec):
+    return Options(custom_functions=RuleFunctions(spec.get("tables")))
+
+
+class Dialect:
+    def __init__(self, spec, schema, where):
+        options = rule_options(spec)
+        self.name = spec["name"]
+        self.path = spec["path"]
+        self.validator = jsonschema.validators.validator_for(schema)(schema)
+        stream = spec["stream"]
+        self.named_events = stream["framing"] == "named"
+        self.stream_literals = {s.encode() for s in stream.get("literals", ())}
+        self.end_markers = [m.encode() for m in stream["end_markers"]]
+        err = spec["error"]
+        self._error_message = compile_expr(err["message"], options, f"{where}: error.message")
+        self._error_status = compile_expr(err["status"], options, f"{where}: error.status")
+        self._error_body = compile_expr(err["body"], options, f"{where}: error.body")
+
+    def validate(self, body):
+        """Raise a 400 naming the first offending field, in the request's own terms."""
+        if not isinstance(body, dict):
+            raise GatewayError(400, "the request body must be a JSON object")
+        error = next(iter(sorted(self.validator.iter_errors(body), key=lambda e: (len(e.path), list(map(str, e.path))))), None)
+        if error is None:
+            return
+        path = list(error.path)
+        if error.validator == "required":
+            path.append(error.message.split("'")[1])
+        param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+        raise GatewayError(400, f"{param or 'body'}: {error.message}" if param else error.message, param or None)
+
+    def render_error(self, status, message, param=None, request_id=None):
+        """(status, body) of an error in this dialect's envelope."""
+        root = {"status": status, "message": message, "param": param, "request_id": request_id}
+        root["status"] = status = self._error_status(root)
+        return status, self._error_body(root)
+
+    def error_message(self, body):
+        """The human message inside an error body this dialect produced."""
+        try:
+            return self._error_message(json.loads(body)) or None
+        except (ValueError, TypeError, AttributeError):
+            return None
+
+    def frame(self, event):
+        if isinstance(event, str):
+            return b"data: " + event.encode() + b"\n\n"
+        data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+        if self.named_events:
+            return b"event: " + event.get("type", "message").encode() + b"\ndata: " + data + b"\n\n"
+        return b"data: " + data + b"\n\n"
+
+
+class StreamProgram:
+    """A declared stream state machine: initial state, start steps, optional
+    `split` of each event into parts, `events` rules (first match runs), `eof` rules."""
+
+    def __init__(self, spec, options, where):
+        procedures = {}
+        for name, steps in (spec.get("procedures") or {}).items():
+            procedures[name] = compile_steps(steps, options, procedures, f"{where}.procedures.{name}")
+        self.state = dict(spec.get("state") or {})
+        self.start = compile_steps(spec.get("start"), options, procedures, f"{where}.start")
+        self.split = compile_expr(spec["split"], options, f"{where}.split") if "split" in spec else None
+        self.rules = self._rules(spec.get("events"), options, procedures, f"{where}.events")
+        self.eof = self._rules(spec.get("eof"), options, procedures, f"{where}.eof")
+
+    @staticmethod
+    def _rules(rules, options, procedures, where):
+        return [(compile_expr(r["when"], options, f"{where}[{n}].when"),
+                 compile_steps(r["do"], options, procedures, f"{where}[{n}].do"))
+                for n, r in enumerate(rules or ())]
+
+    def new_state(self):
+        # `set` replaces values and never mutates them, so a shallow copy isolates requests.
+        return dict(self.state)
+
+
+class Translation:
+    def __init__(self, spec, where):
+        options = rule_options(spec)
+        self.client, self.provider = spec["client"], spec["provider"]
+        self.rejects = [(compile_expr(r["when"], options, f"{where}: reject[{n}].when"), r["message"], r.get("param"))
+                        for n, r in enumerate(spec.get("reject") or ())]
+        self._request = compile_mapping(spec["request"], options, f"{where}: request")
+        self._response = compile_mapping(spec["response"], options, f"{where}: response")
+        self.stream = StreamProgram(spec["stream"], options, f"{where}: stream")
+
+    def request(self, body):
+        for when, message, param in self.rejects:
+            if truthy(when(body)):
+                raise GatewayError(400, message, param)
+        return self._request(body)
+
+    def response(self, body):
+        return self._response(body)

@@ -1,0 +1,28 @@
+"""The one exception the gateway raises for anything a client should hear about.
+
+It carries no dialect: the handler renders it in the client's own envelope with
+the client dialect's rules (`rules/dialects/<dialect>.yaml`, `error:`), so the
+same failure reads as an OpenAI error to an OpenAI SDK and as an Anthropic
+error to an Anthropic SDK.
+"""
+
+
+class GatewayError(Exception):
+    """A failure with an HTTP status, a message for humans and, where one
+    field of the request is to blame, its path (`messages[1].role`)."""
+
+    def __init__(self, status, message, param=None, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class ConfigError(Exception):
+    """A configuration or rules file that cannot be served; `problems` lists
+    every one found, each naming the file and the path inside it."""
+
+    def __init__(self, problems):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)

@@ -1,0 +1,278 @@
+"""Custom JMESPath functions that the rules YAML calls by name.
+
+Plain JMESPath reshapes JSON well but cannot count, look up a key held in a
+variable, or regroup a conversation (OpenAI `tool` messages into Anthropic
+`tool_result` blocks). Those steps are small named functions here, registered
+once per rules file, so that the YAML still reads as the whole mapping.
+Each structural function is the single place its rule lives; SPEC.md section
+numbers say where the rule comes from.
+"""
+import json
+import time
+import uuid as _uuid
+
+from jmespath import functions
+
+from .errors import GatewayError
+
+
+def to_json(value):
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _text_of(content, sep=""):
+    """Text of a string or of a list of text parts/blocks."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return sep.join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") in ("text", "refusal"))
+
+
+def _parse_arguments(arguments):
+    """Tool-call arguments (a JSON string, or an object from Ollama) as an object: Anthropic needs one."""
+    if isinstance(arguments, dict):
+        return arguments
+    if not arguments:
+        return {}
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# --- OpenAI messages -> Anthropic (SPEC §4) --------------------------------------------
+
+def _image_source(url):
+    if url.startswith("data:"):
+        head, _, data = url.partition(",")
+        media_type = head[5:].split(";")[0]
+        return {"type": "base64", "media_type": media_type, "data": data}
+    return {"type": "url", "url": url}
+
+
+def _anthropic_blocks(content, where):
+    """User/assistant content (string or parts) as Anthropic blocks, never an empty text block (§12.11)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks = []
+    for n, part in enumerate(content or ()):
+        kind = part.get("type")
+        if kind in ("text", "refusal"):
+            text = part.get(kind) if kind == "refusal" else part.get("text")
+            if text:
+                blocks.append({"type": "text", "text": text})
+        elif kind == "image_url":
+            url = (part.get("image_url") or {}).get("url") or ""
+            blocks.append({"type": "image", "source": _image_source(url)})
+        elif kind == "file" and (part.get("file") or {}).get("file_data"):
+            blocks.append({"type": "document", "source": _image_source(part["file"]["file_data"])})
+        else:
+            raise GatewayError(400, f"content part type '{kind}' cannot be sent to an Anthropic model", f"{where}.content[{n}]")
+    return blocks
+
+
+def _is_system(message):
+    return message.get("role") in ("system", "developer")
+
+
+def anthropic_system(messages):
+    """Every system and developer message, wherever it stands, one block each (§12.13)."""
+    if all(map(_is_system, messages)):
+        return None  # a system-only request: anthropic_messages makes its text the user turn
+    texts = [_text_of(m.get("content")) for m in messages if _is_system(m)]
+    return [{"type": "text", "text": t} for t in texts if t] or None
+
+
+def anthropic_messages(messages):
+    turns = []  # [role, blocks, plain_string_or_None]
+
+    def add(role, blocks, plain=None):
+        if turns and turns[-1][0] == role:
+            turns[-1][1].extend(blocks)
+            turns[-1][2] = None
+        else:
+            turns.append([role, blocks, plain])
+
+    for n, m in enumerate(messages):
+        role, where = m.get("role"), f"messages[{n}]"
+        content = m.get("content")
+        if _is_system(m):
+            continue
+        if role == "user":
+            add("user", _anthropic_blocks(content, where), content if isinstance(content, str) and content else None)
+        elif role == "assistant":
+            blocks = _anthropic_blocks(content, where)
+            if m.get("refusal"):
+                blocks.append({"type": "text", "text": m["refusal"]})
+            for call in m.get("tool_calls") or ():
+                fn = call.get("function") or {}
+                blocks.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": _parse_arguments(fn.get("arguments"))})
+            add("assistant", blocks)
+        elif role == "tool":
+            result = {"type": "tool_result", "tool_use_id": m.get("tool_call_id")}
+            text = _text_of(content)
+            if text:  # an empty text block would be a 400 upstream
+                result["content"] = text
+            add("user", [result])
+    if not turns:  # system-only request: its text becomes the one user turn (§4)
+        text = "\n".join(_text_of(m.get("content")) for m in messages)
+        return [{"role": "user", "content": text or "."}]
+    for turn in turns:  # tool_result blocks must open their user turn (§12.12)
+        turn[1].sort(key=lambda b: b.get("type") != "tool_result")
+    return [{"role": role, "content": plain if plain is not None else blocks} for role, blocks, plain in turns]
+
+
+# --- Anthropic messages -> OpenAI (SPEC §5) --------------------------------------------
+
+def _openai_part(block):
+    kind = block.get("type")
+    if kind == "text":
+        return {"type": "text", "text": block.get("text", "")}
+    if kind in ("image", "document"):
+        src = block.get("source") or {}
+        if src.get("type") == "base64":
+            url = f"data:{src.get('media_type')};base64,{src.get('data')}"
+        elif src.get("type") == "url":
+            url = src.get("url")
+        elif src.get("type") == "text":
+            return {"type": "text", "text": src.get("data", "")}
+        else:
+            raise GatewayError(400, f"{kind} source type '{src.get('type')}' cannot be sent to an OpenAI-compatible model")
+        if kind == "image":
+            return {"type": "image_url", "image_url": {"url": url}}
+        return {"type": "file", "file": {"filename": block.get("title") or "document.pdf", "file_data": url}}
+    return None  # thinking, redacted_thinking, tool_use in a user turn: no counterpart
+
+
+def _openai_content(parts):
+    """A text-only turn as a plain string (what every compat server accepts), else parts."""
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def openai_messages(system, messages):
+    out = []
+    if system:
+        out.append({"role": "system", "content": _text_of(system, "\n")})
+    for m in messages:
+        role, content = m.get("role"), m.get("content")
+        if isinstance(content, str):
+            out.append({"role": role, "content": content})
+            continue
+        blocks = content or []
+        if role == "assistant":
+            text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+            calls = [{"id": b.get("id"), "type": "function", "function": {"name": b.get("name"), "arguments": to_json(b.get("input") or {})}}
+                     for b in blocks if b.get("type") == "tool_use"]
+            msg = {"role": "assistant", "content": text or None}
+            if calls:
+                msg["tool_calls"] = calls
+            out.append(msg)
+            continue
+        parts = []
+        for b in blocks:
+            if b.get("type") == "tool_result":  # tool messages first, each its own (§12.12)
+                inner = b.get("content")
+                text = _text_of(inner, "\n")
+                if isinstance(inner, list):  # images in a result move to the user message after it
+                    parts.extend(p for p in map(_openai_part, inner) if p and p["type"] != "text")
+                out.append({"role": "tool", "tool_call_id": b.get("tool_use_id"),
+                            "content": f"Error: {text}" if b.get("is_error") else text})
+            else:
+                part = _openai_part(b)
+                if part:
+                    parts.append(part)
+        if parts:
+            out.append({"role": role, "content": _openai_content(parts)})
+    return out
+
+
+# --- OpenAI response message -> Anthropic content (SPEC §6) -----------------------------
+
+def anthropic_content(message):
+    message = message or {}
+    blocks = []
+    if message.get("reasoning_content"):
+        blocks.append({"type": "thinking", "thinking": message["reasoning_content"], "signature": ""})
+    text = _text_of(message.get("content"))
+    if text:
+        blocks.append({"type": "text", "text": text})
+    if message.get("refusal"):
+        blocks.append({"type": "text", "text": message["refusal"]})
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        blocks.append({"type": "tool_use", "id": call.get("id") or new_id("toolu_"),
+                       "name": fn.get("name"), "input": _parse_arguments(fn.get("arguments"))})
+    return blocks
+
+
+def new_id(prefix):
+    return prefix + _uuid.uuid4().hex[:24]
+
+
+def number(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+class RuleFunctions(functions.Functions):
+    """The function set of one rules file: `lookup` reads that file's `tables:`."""
+
+    def __init__(self, tables=None):
+        super().__init__()
+        self.tables = {name: {str(k): v for k, v in table.items()} for name, table in (tables or {}).items()}
+
+    @functions.signature({"types": ["string"]}, {"types": []}, {"types": [], "optional": True})
+    def _func_lookup(self, table, key, default=None):
+        value = self.tables[table].get(key if isinstance(key, str) else to_json(key))
+        return default if value is None else value
+
+    @functions.signature()
+    def _func_now(self):
+        return int(time.time())
+
+    @functions.signature({"types": ["string"]})
+    def _func_new_id(self, prefix):
+        return new_id(prefix)
+
+    @functions.signature({"types": []}, {"types": []})
+    def _func_add(self, a, b):
+        return number(a) + number(b)
+
+    @functions.signature({"types": []}, {"types": []})
+    def _func_sub(self, a, b):
+        return number(a) - number(b)
+
+    @functions.signature({"types": ["object"]}, {"types": []}, {"types": []})
+    def _func_put(self, obj, key, value):
+        return {**obj, str(key): value}
+
+    @functions.signature({"types": ["object", "null"]}, {"types": []})
+    def _func_get(self, obj, key):
+        return (obj or {}).get(str(key))
+
+    @functions.signature({"types": []})
+    def _func_to_json(self, value):
+        return to_json(value)
+
+    @functions.signature({"types": []})
+    def _func_arguments_object(self, arguments):
+        return _parse_arguments(arguments)
+
+    @functions.signature({"types": ["array"]})
+    def _func_anthropic_system(self, messages):
+        return anthropic_system(messages)
+
+    @functions.signature({"types": ["array"]})
+    def _func_anthropic_messages(self, messages):
+        return anthropic_messages(messages)
+
+    @functions.signature({"types": ["object", "null"]})
+    def _func_anthropic_content(self, message):
+        return anthropic_content(message)
+
+    @functions.signature({"types": ["string", "array", "null"]}, {"types": ["array"]})
+    def _func_openai_messages(self, system, messages):
+        return openai_messages(system, messages)

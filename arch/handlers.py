@@ -1,0 +1,255 @@
+"""Tornado handlers: HTTP in, HTTP out.
+
+A handler parses and validates the body in the client's dialect, resolves the
+model, lets the rules translate, and moves bytes between the client and the
+provider. Dialect details live in the rules; sockets live in `upstream`.
+Every failure leaves as an error in the client's own dialect.
+"""
+import json
+import logging
+import re
+import uuid
+
+from tornado.web import HTTPError, RequestHandler
+
+from .errors import GatewayError
+from .stream import Passthrough, StreamBroken, Translate
+from .upstream import Call, UpstreamError
+
+log = logging.getLogger("arch")
+
+# Provider keys must never reach a client, even partly masked in a provider's own message.
+_KEYLIKE = re.compile(rb"\b(sk|key|api[-_]?key)[-_][A-Za-z0-9_*.\-]{6,}", re.I)
+_RETRY_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
+
+
+class Base(RequestHandler):
+    """Request ids, JSON errors, and the dialect an endpoint speaks."""
+
+    dialect = "openai"
+
+    def initialize(self, gateway, dialect=None):
+        self.gateway = gateway
+        self.runtime = gateway.runtime  # the snapshot this request lives on, whatever reloads happen
+        if dialect:
+            self.dialect = dialect
+
+    def prepare(self):
+        rid = self.request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex[:24]}"
+        self.request_id = rid[:200]
+        self.set_header("x-request-id", self.request_id)
+        self.set_header("request-id", self.request_id)
+
+    def send_json(self, status, body):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False))
+
+    def send_error_json(self, error):
+        client = self.runtime.rules.dialects[self.dialect]
+        status, body = client.render_error(error.status, error.message, error.param, self.request_id)
+        for k, v in error.headers.items():
+            self.set_header(k, v)
+        self.send_json(status, body)
+
+    def write_error(self, status_code, **kwargs):
+        """Errors Tornado raises itself (405, unexpected exceptions): same envelopes, no stack traces."""
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = exc.log_message if isinstance(exc, HTTPError) and exc.log_message else self._reason
+        if status_code >= 500:
+            message = "internal gateway error; see the gateway log for request " + getattr(self, "request_id", "?")
+        self.clear_header("Content-Type")
+        self.send_error_json(GatewayError(status_code, message))
+
+
+class NotFound(Base):
+    def prepare(self):
+        super().prepare()
+        if "anthropic-version" in self.request.headers or self.request.path.startswith("/v1/messages"):
+            self.dialect = "anthropic"
+        raise GatewayError(404, f"no such endpoint: {self.request.method} {self.request.path}")
+
+    def _handle_request_exception(self, e):
+        if isinstance(e, GatewayError):
+            return self.send_error_json(e)
+        return super()._handle_request_exception(e)
+
+
+class Health(Base):
+    def get(self):
+        self.send_json(200, {"status": "ok"})
+
+
+class Models(Base):
+    """GET /v1/models: configured models and aliases, in the OpenAI list shape."""
+
+    def get(self):
+        routes = self.runtime.routes
+        data = [{"id": t.name, "object": "model", "created": 0, "owned_by": t.provider} for t in routes.targets]
+        data += [{"id": alias, "object": "model", "created": 0, "owned_by": routes.table[alias].provider,
+                  "target": routes.table[alias].name} for alias in routes.aliases]
+        self.send_json(200, {"object": "list", "data": data})
+
+
+class Chat(Base):
+    """POST /v1/chat/completions (dialect openai) and POST /v1/messages (anthropic)."""
+
+    call = None
+    client_gone = False
+
+    async def post(self):
+        self.gateway.inflight += 1
+        try:
+            body = self._body()
+            client = self.runtime.rules.dialects[self.dialect]
+            client.validate(body)
+            target = self.runtime.routes.resolve(body["model"])
+            await self._forward(client, body, target)
+        except GatewayError as e:
+            if not self._finished:
+                self.send_error_json(e)
+        finally:
+            self.gateway.inflight -= 1
+
+    def _body(self):
+        try:
+            return json.loads(self.request.body)
+        except RecursionError:
+            raise GatewayError(400, "the request body is nested too deeply") from None
+        except ValueError as e:
+            ctype = self.request.headers.get("Content-Type", "none")
+            raise GatewayError(400, f"the request body is not valid JSON ({e}; content-type: {ctype})") from None
+
+    def _upstream_request(self, client, body, target):
+        """(bytes to send, Translation or None)."""
+        if target.missing_key:
+            raise GatewayError(500, f"the gateway has no API key for '{target.name}': environment variable "
+                                    f"{target.missing_key} is not set")
+        translation = self.runtime.rules.translation(client.name, target.dialect)
+        if translation is None and body["model"] == target.model and not target.rename:
+            return self.request.body, None  # fast path: the client's bytes go out untouched
+        out = translation.request(body) if translation else body
+        out["model"] = target.model
+        for old, new in target.rename.items():
+            if old in out:
+                out[new] = out.pop(old)
+        return json.dumps(out, ensure_ascii=False).encode(), translation
+
+    async def _forward(self, client, body, target):
+        data, translation = self._upstream_request(client, body, target)
+        provider = self.runtime.rules.dialects[target.dialect]
+        headers = {"Content-Type": "application/json", "x-request-id": self.request_id, **target.headers}
+        for name in target.forward_headers:
+            if name in self.request.headers:
+                headers[name] = self.request.headers[name]
+        stream = body.get("stream") is True
+        if stream:
+            relay = (Translate(translation.stream, {"model": target.model, "request": body}, client, provider)
+                     if translation else Passthrough(client))
+        else:
+            relay = None
+        exchange = _Exchange(self, client, provider, relay)
+        self.call = Call(exchange.on_head, exchange.on_data)
+        self.set_header("x-arch-upstream-model", target.model)
+        try:
+            await self.gateway.pool.send(self.call, "POST", target.url, headers, data, self.runtime.timeouts)
+        except UpstreamError as e:
+            if self.client_gone:
+                return
+            if exchange.committed:
+                exchange.fail(str(e))
+                return
+            status = 504 if e.kind == "timeout" else 502
+            raise GatewayError(status, f"provider for '{target.name}' failed: {e}") from None
+        if self.client_gone:
+            return
+        if exchange.committed:
+            exchange.end()
+        elif 200 <= self.call.status < 300:
+            raw = b"".join(exchange.buffer)
+            if translation:
+                try:
+                    raw = translation.response(json.loads(raw))
+                except ValueError:
+                    raise GatewayError(502, f"provider for '{target.name}' sent a response that is not JSON") from None
+            self.send_json(200, raw)
+        else:
+            self._upstream_error(client, provider, exchange)
+
+    def _upstream_error(self, client, provider, exchange):
+        """A provider's error, in the client's dialect, with the provider's status and retry hints."""
+        raw = _KEYLIKE.sub(b"[redacted]", b"".join(exchange.buffer))
+        status = self.call.status
+        for name in _RETRY_HEADERS:
+            if name in exchange.headers:
+                self.set_header(name, exchange.headers[name])
+        message = provider.error_message(raw)
+        if client is provider and message is not None:
+            return self.send_json(status, raw)
+        if message is None:
+            message = f"the provider answered HTTP {status}: {raw[:300].decode('utf-8', 'replace')}"
+        self.send_error_json(GatewayError(status, message))
+
+    def on_connection_close(self):
+        self.client_gone = True
+        if self.call is not None:
+            self.call.cancel()
+
+
+class _Exchange:
+    """The response side of one upstream call: buffers a JSON answer or an
+    error, or relays a stream to the client as it arrives. A stream is only
+    committed (200 + event-stream) once the provider answered 2xx, so an
+    up-front failure still reaches the client as a plain HTTP error (§13)."""
+
+    def __init__(self, handler, client, provider, relay):
+        self.handler, self.client, self.provider, self.relay = handler, client, provider, relay
+        self.buffer = []
+        self.headers = {}
+        self.committed = False
+
+    def on_head(self, status, headers):
+        self.headers = {k.lower(): v for k, v in headers.get_all() if k.lower() in _RETRY_HEADERS}
+        if self.relay is not None and 200 <= status < 300:
+            h = self.handler
+            h.set_status(200)
+            h.set_header("Content-Type", "text/event-stream; charset=utf-8")
+            h.set_header("Cache-Control", "no-cache")
+            self.committed = True
+            self._write(self.relay.start())
+
+    def on_data(self, chunk):
+        if not self.committed:
+            self.buffer.append(chunk)
+            return
+        try:
+            self._write(self.relay.feed(chunk))
+        except StreamBroken as e:
+            self.fail(str(e))
+            self.handler.call.cancel(UpstreamError("closed", str(e)))
+
+    def _write(self, data):
+        h = self.handler
+        if data and not h.client_gone and not h._finished:
+            h.write(data)
+            h.flush()
+
+    def end(self):
+        """The provider finished: close the stream, or report that it stopped early."""
+        try:
+            self._write(self.relay.finish())
+        except StreamBroken as e:
+            return self.fail(str(e))
+        if not self.relay.ended:
+            return self.fail("the provider closed the stream before it was complete")
+        self.handler.finish()
+
+    def fail(self, message):
+        """An in-stream error in the client's dialect, then a clean close (never a silent end)."""
+        h = self.handler
+        if h._finished:
+            return
+        log.warning("stream %s: %s", h.request_id, message)
+        _, body = self.client.render_error(502, message, None, h.request_id)
+        self._write(self.client.frame(body))
+        h.finish()

@@ -1,0 +1,99 @@
+"""Loads the rules directories into one immutable, compiled `RuleSet`.
+
+Built-in rules come from `rules/` in this repository; each directory named in
+the config (`rules:`) or with `--rules DIR` is laid over them file by file, so
+a user overrides `providers/openai.yaml` or adds `providers/acme.yaml` without
+touching the rest. Every file is checked against its schema in `schemas/` and
+every JMESPath expression compiled here, once; a reload builds a new RuleSet.
+"""
+from pathlib import Path
+
+import yaml
+
+from . import schemas
+from .dialects import Dialect, Translation
+from .errors import ConfigError
+
+BUILTIN = schemas.ROOT / "rules"
+
+
+class ProviderRule:
+    """How to reach one kind of provider: `rules/providers/<name>.yaml`."""
+
+    def __init__(self, spec):
+        self.name = spec["name"]
+        self.dialect = spec["dialect"]
+        self.base_url = spec.get("base_url")
+        self.path = spec["path"]
+        self.auth = spec.get("auth")
+        self.key_env = spec.get("key_env")
+        self.headers = spec.get("headers") or {}
+        self.forward_headers = [h.lower() for h in spec.get("forward_headers") or ()]
+        self.params = spec.get("params") or {}
+        self.rename = spec.get("rename") or {}
+
+
+class RuleSet:
+    def __init__(self, dialects, translations, providers, files):
+        self.dialects = dialects
+        self.translations = translations
+        self.providers = providers
+        self.files = files
+
+    def translation(self, client, provider):
+        """The Translation between two dialects, or None when they are the same."""
+        if client == provider:
+            return None
+        return self.translations[client, provider]
+
+
+def rule_files(dirs):
+    """{relative path: file} over the built-in rules and each user dir in order."""
+    files = {}
+    for d in [BUILTIN, *map(Path, dirs)]:
+        if not d.is_dir():
+            raise ConfigError([f"{d}: rules directory not found"])
+        for f in sorted(d.rglob("*.yaml")):
+            files[f.relative_to(d).as_posix()] = f
+    return files
+
+
+def load_rules(dirs=()):
+    problems = []
+    specs = {}
+    for rel, f in rule_files(dirs).items():
+        try:
+            spec = yaml.safe_load(f.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            problems.append(f"{f}: {e}")
+            continue
+        kind = "provider" if rel.startswith("providers/") else "translation" if "_to_" in rel else "dialect"
+        found = schemas.problems(f"rules_{kind}.schema.yaml", spec, str(f))
+        if found:
+            problems.extend(found)
+        else:
+            specs[rel] = (kind, spec, f)
+    if problems:
+        raise ConfigError(problems)
+
+    dialects, translations, providers, provider_files = {}, {}, {}, {}
+    for rel, (kind, spec, f) in specs.items():
+        try:
+            if kind == "dialect":
+                dialects[spec["name"]] = Dialect(spec, schemas.load_schema(spec["request_schema"]), str(f))
+            elif kind == "translation":
+                translations[spec["client"], spec["provider"]] = Translation(spec, str(f))
+            else:
+                providers[spec["name"]], provider_files[spec["name"]] = ProviderRule(spec), f
+        except ConfigError as e:
+            problems.extend(e.problems)
+    for name, p in providers.items():
+        if p.dialect not in dialects:
+            problems.append(f"{provider_files[name]}: dialect: no dialect named {p.dialect!r}")
+    for a in dialects:
+        for b in dialects:
+            if a != b and (a, b) not in translations:
+                problems.append(f"rules: no translation from {a} clients to {b} providers (dialects/{a}_to_{b}.yaml)")
+    if problems:
+        raise ConfigError(problems)
+    return RuleSet(dialects, translations, providers, files=[str(f) for _, _, f in specs.values()])

@@ -1,0 +1,48 @@
+"""One immutable snapshot of everything a request needs: config, compiled
+rules, routes. Built whole at start-up and on reload, then swapped in one
+assignment, so a request holds the snapshot it started with to its end and a
+broken edit never replaces a working snapshot."""
+from dataclasses import dataclass
+
+from .config import Config, load_config
+from .errors import ConfigError
+from .resolve import Routes, make_target, provider_of
+from .rules import RuleSet, load_rules
+from .upstream import Timeouts
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: Config
+    rules: RuleSet
+    routes: Routes
+    timeouts: Timeouts
+    warnings: list
+
+
+def build(config_path, rules_dirs=()):
+    config = load_config(config_path)
+    rules = load_rules([*config.rules_dirs, *rules_dirs])
+    targets, warnings, problems = [], list(config.warnings), []
+    for cfg in config.providers:
+        rule, model_id = provider_of(cfg, rules.providers)
+        if rule is None:
+            prefix = cfg.model.partition("/")[0]
+            warnings.append(f"{cfg.where}.model: provider {prefix!r} is not supported (no rules/providers/{prefix}.yaml"
+                            " and no provider_interface): this entry is not served")
+            continue
+        try:
+            targets.append(make_target(cfg, rule, model_id))
+        except ConfigError as e:
+            problems.extend(e.problems)
+        if cfg.missing_var:
+            warnings.append(f"{cfg.where}.access_key: environment variable {cfg.missing_var} is not set;"
+                            f" requests to {cfg.name} will fail until it is")
+    try:
+        routes = Routes(targets, config.aliases)
+    except ConfigError as e:
+        problems.extend(f"{config.path}: {p}" for p in e.problems)
+    if problems:
+        raise ConfigError(problems)
+    timeouts = Timeouts(total=config.timeout) if config.timeout else Timeouts()
+    return Runtime(config=config, rules=rules, routes=routes, timeouts=timeouts, warnings=warnings)

@@ -1,0 +1,82 @@
+"""The gateway process: routes, listening sockets, reload and shutdown."""
+import logging
+import signal
+
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
+from tornado.netutil import bind_sockets
+from tornado.process import fork_processes
+from tornado.web import Application
+
+from . import handlers
+from .errors import ConfigError
+from .runtime import build
+from .upstream import Pool
+
+log = logging.getLogger("arch")
+
+
+class Gateway:
+    """Holds the current Runtime snapshot and what outlives reloads (the
+    connection pool, the in-flight count)."""
+
+    def __init__(self, config_path, rules_dirs=()):
+        self.config_path, self.rules_dirs = config_path, list(rules_dirs)
+        self.runtime = build(config_path, self.rules_dirs)
+        self.pool = Pool()
+        self.inflight = 0
+
+    def reload(self):
+        """Swap in a freshly built Runtime; on any problem keep the old one."""
+        try:
+            runtime = build(self.config_path, self.rules_dirs)
+        except ConfigError as e:
+            log.error("reload rejected, still serving the previous configuration:\n  %s", "\n  ".join(e.problems))
+            return False
+        self.runtime = runtime
+        for w in runtime.warnings:
+            log.warning("%s", w)
+        log.info("configuration reloaded from %s", self.config_path)
+        return True
+
+    def application(self):
+        args = {"gateway": self}
+        return Application([
+            (r"/v1/chat/completions", handlers.Chat, {**args, "dialect": "openai"}),
+            (r"/v1/messages", handlers.Chat, {**args, "dialect": "anthropic"}),
+            (r"/v1/models", handlers.Models, args),
+            (r"/healthz", handlers.Health, args),
+        ], default_handler_class=handlers.NotFound, default_handler_args=args, log_function=_access_log)
+
+
+def _access_log(handler):
+    log.info("%d %s %s %.1fms", handler.get_status(), handler.request.method, handler.request.uri,
+             1000 * handler.request.request_time())
+
+
+def serve(gateway, workers=1, drain_seconds=30.0):
+    config = gateway.runtime.config
+    sockets = bind_sockets(config.port, config.address, reuse_port=workers > 1)
+    if workers > 1:
+        fork_processes(workers)
+    server = HTTPServer(gateway.application(), max_body_size=64 << 20, idle_connection_timeout=300)
+    server.add_sockets(sockets)
+    loop = IOLoop.current()
+
+    def shutdown(*_):
+        log.info("shutting down: no new connections; waiting for %d in-flight request(s)", gateway.inflight)
+        server.stop()
+        deadline = loop.time() + drain_seconds
+
+        def check():
+            if gateway.inflight and loop.time() < deadline:
+                loop.call_later(0.05, check)
+            else:
+                loop.stop()
+
+        check()
+
+    signal.signal(signal.SIGTERM, lambda *a: loop.add_callback_from_signal(shutdown))
+    signal.signal(signal.SIGINT, lambda *a: loop.add_callback_from_signal(shutdown))
+    signal.signal(signal.SIGHUP, lambda *a: loop.add_callback_from_signal(gateway.reload))
+    loop.start()

@@ -1,0 +1,155 @@
+"""Server-sent events in, server-sent events out, one read at a time.
+
+`SSEParser` turns bytes, split wherever the network split them, into events.
+`Translate` runs a stream state machine declared in rules YAML over those
+events and frames what it emits in the client's dialect; `Passthrough` hands
+bytes straight on when provider and client speak the same dialect. Both emit
+as soon as input arrives (nothing waits for the whole stream) and both turn a
+stream that ends early into the client dialect's in-stream error, because a
+silent clean end would make truncation look like success.
+"""
+import json
+
+from .mapping import run_steps, truthy
+
+
+class SSEParser:
+    def __init__(self):
+        self._buf = b""
+
+    def feed(self, chunk):
+        """Complete events in `chunk` (plus what was held back) as (event, data) pairs."""
+        buf = self._buf + chunk
+        if b"\r" in buf:
+            held_cr = buf.endswith(b"\r")  # its \n may be in the next read
+            buf = buf[:-1] if held_cr else buf
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if held_cr else b"")
+        events = []
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            event = _parse_block(buf[start:end])
+            if event:
+                events.append(event)
+            start = end + 2
+        self._buf = buf[start:]
+        return events
+
+    def close(self):
+        """The last event when the stream ended without its blank line (lenient, like the SDKs)."""
+        rest, self._buf = self._buf.strip(), b""
+        event = _parse_block(rest) if rest else None
+        return [event] if event else []
+
+
+def _parse_block(block):
+    name, data = None, []
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:"):
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            name = line[6:].strip().decode("utf-8", "replace")
+        # comment lines (": ping") and other fields carry nothing to translate
+    if not data:
+        return None
+    return name, b"\n".join(data)
+
+
+class StreamBroken(Exception):
+    """The provider sent something that cannot be translated (a malformed event)."""
+
+
+class Translate:
+    """One request's run of a declared stream state machine (a `stream:` rules section).
+
+    All state lives here, per request: nothing is shared between streams (§12.14)."""
+
+    def __init__(self, program, ctx, client, provider):
+        self.program, self.client, self.provider = program, client, provider
+        self.root = {"e": None, "s": program.new_state(), "c": ctx}
+        self.parser = SSEParser()
+        self.ended = False
+        self._out = []
+
+    @property
+    def state(self):
+        return self.root["s"]
+
+    def start(self):
+        self._run(self.program.start, None)
+        return self._take()
+
+    def feed(self, chunk):
+        for _, data in self.parser.feed(chunk):
+            if self.ended:
+                break
+            self._event(data)
+        return self._take()
+
+    def finish(self):
+        """Upstream EOF: the `eof` rules may still close the stream; if none
+        does, `ended` stays false and the caller reports truncation."""
+        for _, data in self.parser.close():
+            if not self.ended:
+                self._event(data)
+        if not self.ended:
+            self._match(self.program.eof, None)
+        return self._take()
+
+    def _event(self, data):
+        if data in self.provider.stream_literals:
+            event = data.decode()
+        else:
+            try:
+                event = json.loads(data)
+            except ValueError:
+                raise StreamBroken("the provider sent a malformed stream event") from None
+        if self.program.split is None:
+            self._match(self.program.rules, event)
+            return
+        self.root["e"] = event
+        for part in self.program.split(self.root) or ():
+            if not self.ended:
+                self._match(self.program.rules, part)
+
+    def _match(self, rules, event):
+        self.root["e"] = event
+        for when, steps in rules:
+            if truthy(when(self.root)):
+                self._run(steps, event)
+                return
+
+    def _run(self, steps, event):
+        self.root["e"] = event
+        if run_steps(steps, self.root, self._out):
+            self.ended = True
+
+    def _take(self):
+        out, self._out = self._out, []
+        return b"".join(map(self.client.frame, out))
+
+
+class Passthrough:
+    """Same dialect both sides: bytes go straight through. Only the tail is
+    watched, for the dialect's end marker, to catch a provider that stops early."""
+
+    def __init__(self, dialect):
+        self.markers = dialect.end_markers
+        self.keep = max(map(len, self.markers), default=0)
+        self.tail = b""
+        self.ended = False
+
+    def start(self):
+        return b""
+
+    def feed(self, chunk):
+        if not self.ended:
+            window = self.tail + chunk
+            self.ended = any(m in window for m in self.markers)
+            self.tail = window[-self.keep:]
+        return chunk
+
+    def finish(self):
+        return b""

@@ -1,0 +1,195 @@
+"""Test harness: fake providers plus the real gateway run as a subprocess.
+
+The gateway is started the way a user starts it (`python -m arch up CONFIG`) and
+is reached over real sockets, so tests cover config loading, the server and
+the upstream HTTP client, not just the translation functions.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+import yaml
+
+from fakes import FakeAnthropic, FakeOpenAI
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class GatewayStartError(RuntimeError):
+    """The gateway exited or never became healthy; `output` is what it printed."""
+
+    def __init__(self, message, output):
+        super().__init__(f"{message}\n--- gateway output ---\n{output}")
+        self.output = output
+
+
+class Gateway:
+    """A running `python -m arch up` process."""
+
+    def __init__(self, proc, port, workdir):
+        self.proc, self.port, self.workdir = proc, port, workdir
+        self.url = f"http://127.0.0.1:{port}"
+        self.config_path = workdir / "config.yaml"
+        self._final_output = None
+
+    def output(self) -> str:
+        """Everything the process printed so far (stdout and stderr interleaved)."""
+        if self._final_output is not None:
+            return self._final_output
+        return (self.workdir / "output.log").read_text(errors="replace")
+
+    def stop(self):
+        """SIGTERM, then SIGKILL if it has not exited after 10 s. Idempotent."""
+        if self._final_output is not None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._final_output = self.output()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _with_port(config, port) -> str:
+    """Config text for the gateway, listening on 127.0.0.1:`port`.
+
+    The `listeners.egress_traffic` form gets its address and port set; anything
+    else (e.g. deliberately invalid YAML) is written as given."""
+    try:
+        parsed = yaml.safe_load(config) if isinstance(config, str) else copy.deepcopy(config)
+    except yaml.YAMLError:
+        return config
+    listeners = parsed.get("listeners") if isinstance(parsed, dict) else None
+    egress = listeners.get("egress_traffic") if isinstance(listeners, dict) else None
+    if isinstance(egress, dict):
+        egress.update(address="127.0.0.1", port=port)
+    elif isinstance(config, str):
+        return config
+    return yaml.safe_dump(parsed, sort_keys=False)
+
+
+# urllib would otherwise honour *_proxy variables, even for 127.0.0.1.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def start_gateway(config, env=None, extra_args=(), timeout=15.0) -> Gateway:
+    """Start the gateway on a free port with `config` (YAML text or dict) and
+    `env` merged over os.environ; return once `GET /healthz` answers 200.
+    Raises GatewayStartError (with the output) if it dies or times out."""
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="arch-gw-"))
+    (workdir / "config.yaml").write_text(_with_port(config, port))
+    with open(workdir / "output.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "arch", "up", str(workdir / "config.yaml"), *extra_args],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    gw = Gateway(proc, port, workdir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            gw.stop()
+            raise GatewayStartError(f"gateway exited with code {proc.returncode}", gw.output())
+        try:
+            with _direct.open(gw.url + "/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return gw
+        except OSError:  # refused while starting, HTTPError for non-2xx
+            pass
+        time.sleep(0.05)
+    gw.stop()
+    raise GatewayStartError(f"gateway not healthy after {timeout}s", gw.output())
+
+
+@pytest.fixture(scope="session")
+def openai_fake():
+    fake = FakeOpenAI().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def anthropic_fake():
+    fake = FakeAnthropic().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def ollama_fake():
+    fake = FakeOpenAI(models=("llama3.1",)).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_fakes(openai_fake, anthropic_fake, ollama_fake):
+    """Each test starts with empty recordings and queues on the shared fakes."""
+    for fake in (openai_fake, anthropic_fake, ollama_fake):
+        fake.reset()
+
+
+GATEWAY_ENV = {"OPENAI_API_KEY": "sk-openai-secret", "ANTHROPIC_API_KEY": "sk-ant-secret"}
+
+
+def gateway_config(openai_url, anthropic_url, ollama_url) -> dict:
+    """The standard config: every provider points at a fake."""
+    return {
+        "version": "v0.1.0",
+        "listeners": {"egress_traffic": {"address": "127.0.0.1", "port": 0,
+                                         "message_format": "openai", "timeout": "30s"}},
+        "llm_providers": [
+            {"model": "openai/gpt-4o-mini", "access_key": "$OPENAI_API_KEY", "base_url": openai_url, "default": True},
+            {"model": "openai/gpt-4o", "access_key": "$OPENAI_API_KEY", "base_url": openai_url},
+            {"model": "anthropic/claude-3-5-sonnet-20241022", "access_key": "$ANTHROPIC_API_KEY",
+             "base_url": anthropic_url},
+            {"model": "ollama/llama3.1", "base_url": ollama_url},
+        ],
+        "model_aliases": {
+            "fast-model": {"target": "gpt-4o-mini"},
+            "smart-model": {"target": "gpt-4o"},
+            "reasoning-model": {"target": "claude-3-5-sonnet-20241022"},
+            "dev.chat.v1": {"target": "gpt-4o-mini"},
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def gateway(openai_fake, anthropic_fake, ollama_fake):
+    gw = start_gateway(gateway_config(openai_fake.url, anthropic_fake.url, ollama_fake.url), env=GATEWAY_ENV)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def oai(gateway):
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="test-key", max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture
+def anth(gateway):
+    with anthropic.Anthropic(base_url=gateway.url, api_key="test-key", max_retries=0) as client:
+        yield client

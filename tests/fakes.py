@@ -1,0 +1,369 @@
+"""Fake LLM providers for tests: real HTTP servers speaking the exact wire formats.
+
+Each fake is a stdlib `ThreadingHTTPServer` on 127.0.0.1 with an ephemeral port,
+speaking HTTP/1.1 with keep-alive (every response carries `content-length` or is
+chunked), so the gateway talks to it over real sockets the way it talks to a vendor.
+Every request is recorded. A test scripts the next answers with `enqueue()`
+(FIFO, whatever the path); with nothing queued, the fake answers like the real
+vendor would (`FakeOpenAI`, `FakeAnthropic`). Shapes follow
+shared/wire/SPEC.md §1.2-1.4 and §2.2-2.4; the vectors in tests/vectors are
+recordings of the real APIs and can be replayed with `enqueue(sse=vector(...))`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import select
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+VECTORS = Path(__file__).parent / "vectors"
+
+
+def vector(name: str) -> str:
+    """Text of tests/vectors/<name>, e.g. `vector("anthropic/stream_text.sse")`."""
+    return (VECTORS / name).read_text(encoding="utf-8")
+
+
+def vector_json(name: str):
+    return json.loads(vector(name))
+
+
+def token_count(raw: bytes) -> int:
+    """The fakes' deterministic "tokenizer": input tokens for a request body, so
+    tests can predict usage numbers from `fake.last["raw"]`."""
+    return len(raw) // 4 + 1
+
+
+def _dumps(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _reply_pieces(model: str) -> list[str]:
+    """The default answer `Hello from <model>!`, in the three pieces it is streamed in."""
+    return ["Hello", " from", f" {model}!"]
+
+
+# An SSE event ends at a blank line; split after it so each event keeps its terminator.
+_SSE_EVENT_END = re.compile(rb"(?<=\r\n\r\n)|(?<=\n\n)")
+
+
+@dataclass
+class Reply:
+    """One scripted response. `pieces` is None for a `content-length` body,
+    else the list of chunked-encoding writes."""
+
+    status: int = 200
+    body: bytes = b""
+    pieces: list[bytes] | None = None
+    headers: dict = field(default_factory=dict)
+    delay: float = 0.0
+    close_after: int | None = None
+    hang: bool = False
+
+
+class FakeProvider:
+    """Base fake: serving, recording and the response queue. Subclasses answer
+    unscripted requests in `default_reply()`."""
+
+    sse_content_type = "text/event-stream"
+    request_id_header = "x-request-id"
+    not_found_type = "invalid_request_error"
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._queue: deque[Reply] = deque()
+        self._requests: list[dict] = []
+        self._stopping = threading.Event()
+        self._httpd: _Server | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self):
+        self._httpd = _Server(("127.0.0.1", 0), _Handler)
+        self._httpd.fake = self
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        self._stopping.set()  # releases `hang=True` handlers
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % self._httpd.server_address[1]
+
+    # -- recording -------------------------------------------------------------
+    @property
+    def requests(self) -> list[dict]:
+        """Snapshot of the recorded requests, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def last(self) -> dict:
+        with self._lock:
+            return self._requests[-1]
+
+    def reset(self):
+        """Forget recorded requests and scripted replies; request ids restart at req_1."""
+        with self._lock:
+            self._requests.clear()
+            self._queue.clear()
+
+    def _record(self, req: dict) -> tuple[int, Reply | None]:
+        """Store the request; return its 1-based number and the next scripted reply."""
+        with self._lock:
+            self._requests.append(req)
+            return len(self._requests), (self._queue.popleft() if self._queue else None)
+
+    # -- scripting ---------------------------------------------------------------
+    def enqueue(self, status=200, body=None, *, json=None, sse=None, content_type=None, headers=None,
+                delay=0.0, chunks=None, close_after=None, hang=False):
+        """Script the next response (FIFO, served whatever the path).
+
+        Exactly one of: `body` (str/bytes sent with content-length, default
+        content-type application/json, so error vectors can be passed as text),
+        `json` (object), `sse` (a whole SSE transcript: chunked, one event per
+        chunk) or `chunks` (list of bytes, each one chunked write, so tests can
+        split an event across TCP writes). `delay`: seconds slept between
+        events/chunks, or before answering a content-length body. `close_after=N`:
+        close the socket once N body bytes were sent (no terminating chunk).
+        `hang=True`: never answer (until the client hangs up or stop()).
+        Content-type defaults to the dialect's SSE type for `sse`/`chunks`, else
+        application/json. `headers` are added to (and may override) the defaults,
+        which include the dialect's request-id header (`req_<n>`, n = request number).
+        """
+        if json is not None:
+            body = _dumps(json)
+        elif isinstance(body, str):
+            body = body.encode()
+        pieces = None
+        if sse is not None:
+            sse = sse.encode() if isinstance(sse, str) else sse
+            pieces = [p for p in _SSE_EVENT_END.split(sse) if p]
+        elif chunks is not None:
+            pieces = list(chunks)
+        default_type = self.sse_content_type if pieces is not None else "application/json"
+        reply = Reply(status, body or b"", pieces,
+                      {"content-type": content_type or default_type, **(headers or {})},
+                      delay, close_after, hang)
+        with self._lock:
+            self._queue.append(reply)
+
+    # -- default answers (subclasses) ---------------------------------------------
+    def default_reply(self, req: dict, n: int) -> Reply:
+        return self.error(404, self.not_found_type, f"Unknown request URL: {req['method']} {req['path']}", n)
+
+    def error(self, status: int, kind: str, message: str, n: int) -> Reply:
+        raise NotImplementedError
+
+    def json_reply(self, obj, status=200) -> Reply:
+        return Reply(status, _dumps(obj), headers={"content-type": "application/json"})
+
+    def sse_reply(self, events: list[bytes]) -> Reply:
+        return Reply(pieces=events, headers={"content-type": self.sse_content_type})
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 drops connections under concurrent tests
+    daemon_threads = True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _handle(self):
+        fake: FakeProvider = self.server.fake
+        url = urlsplit(self.path)
+        raw = self._read_body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw
+        req = {"method": self.command, "path": url.path, "query": dict(parse_qsl(url.query, keep_blank_values=True)),
+               "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body, "raw": raw}
+        n, reply = fake._record(req)
+        reply = reply or fake.default_reply(req, n)
+        if reply.hang:
+            self._hang(fake)
+            return
+        headers = {fake.request_id_header: f"req_{n}", **reply.headers}
+        if reply.pieces is None:
+            time.sleep(reply.delay)
+            headers["content-length"] = str(len(reply.body))
+            self._send_head(reply.status, headers)
+            self._write(reply.body, reply.close_after, lambda data: self.wfile.write(data))
+        else:
+            headers["transfer-encoding"] = "chunked"
+            self._send_head(reply.status, headers)
+            sent = 0
+            for i, piece in enumerate(reply.pieces):
+                if i:
+                    time.sleep(reply.delay)
+                budget = None if reply.close_after is None else reply.close_after - sent
+                if self._write(piece, budget, self._write_chunk):
+                    return
+                sent += len(piece)
+            self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            raw = b""
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                raw += self.rfile.read(size)
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return raw
+        return self.rfile.read(int(self.headers.get("content-length") or 0))
+
+    def _send_head(self, status, headers):
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+
+    def _write_chunk(self, data: bytes):
+        if data:  # an empty chunk would end the body
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+    def _write(self, data: bytes, budget: int | None, write) -> bool:
+        """Write `data`, or only `budget` bytes of it and then drop the connection
+        the way a crashed upstream does. Returns whether it dropped it."""
+        if budget is None or budget > len(data):
+            write(data)
+            return False
+        write(data[:budget])
+        self.wfile.flush()
+        self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+        return True
+
+    def _hang(self, fake: FakeProvider):
+        """Answer nothing until stop(), or until the client gives up (EOF), so a
+        timed-out request does not leave a thread behind for the session."""
+        while not fake._stopping.wait(0.05):
+            if select.select([self.connection], [], [], 0)[0] and not self.connection.recv(1, socket.MSG_PEEK):
+                break
+        self.close_connection = True
+
+
+class FakeOpenAI(FakeProvider):
+    """OpenAI-compatible server (also stands in for Ollama's /v1)."""
+
+    def __init__(self, models=("gpt-4o-mini", "gpt-4o")):
+        super().__init__()
+        self.models = models
+
+    def error(self, status, kind, message, n):
+        return self.json_reply({"error": {"message": message, "type": kind, "param": None,
+                                          "code": "unknown_url" if status == 404 else None}}, status)
+
+    def default_reply(self, req, n):
+        if req["method"] == "GET" and req["path"].endswith("/models"):
+            return self.json_reply({"object": "list", "data": [
+                {"id": m, "object": "model", "created": 1700000000, "owned_by": "system"} for m in self.models]})
+        if req["method"] == "POST" and req["path"].endswith("/chat/completions"):
+            body = req["body"]
+            if not isinstance(body, dict):
+                return self.error(400, "invalid_request_error", "We could not parse the JSON body of your request.", n)
+            if "model" not in body or "messages" not in body:
+                return self.error(400, "invalid_request_error", "Missing required parameter: 'model' or 'messages'.", n)
+            return self._chat(body, token_count(req["raw"]), n)
+        return super().default_reply(req, n)
+
+    def _chat(self, body, prompt_tokens, n):
+        model, pieces = body["model"], _reply_pieces(body["model"])
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
+                 "total_tokens": prompt_tokens + len(pieces),
+                 "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                 "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                               "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+        head = {"id": f"chatcmpl-fake{n}", "created": int(time.time()), "model": model,
+                "system_fingerprint": "fp_fake"}
+        if not body.get("stream"):
+            return self.json_reply({**head, "object": "chat.completion", "choices": [{
+                "index": 0, "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
+                "logprobs": None, "finish_reason": "stop"}], "usage": usage})
+        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta, finish=None):
+            c = {**head, "object": "chat.completion.chunk",
+                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            return {**c, "usage": None} if with_usage else c
+
+        frames = [chunk({"role": "assistant", "content": "", "refusal": None})]
+        frames += [chunk({"content": p}) for p in pieces]
+        frames.append(chunk({}, "stop"))
+        if with_usage:
+            frames.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        return self.sse_reply([b"data: %s\n\n" % _dumps(f) for f in frames] + [b"data: [DONE]\n\n"])
+
+
+class FakeAnthropic(FakeProvider):
+    """Anthropic Messages API. Like the real one it rejects requests without a key
+    (401) or without `anthropic-version` (400). A key is `x-api-key` or
+    `Authorization: Bearer` - the anthropic 2.x SDK sends only the latter."""
+
+    sse_content_type = "text/event-stream; charset=utf-8"
+    request_id_header = "request-id"
+    not_found_type = "not_found_error"
+
+    def error(self, status, kind, message, n):
+        return self.json_reply({"type": "error", "error": {"type": kind, "message": message},
+                                "request_id": f"req_{n}"}, status)
+
+    def default_reply(self, req, n):
+        h = req["headers"]
+        if not h.get("x-api-key") and not h.get("authorization", "").startswith("Bearer "):
+            return self.error(401, "authentication_error", "x-api-key header is required", n)
+        if "anthropic-version" not in h:
+            return self.error(400, "invalid_request_error", "anthropic-version: header is required", n)
+        if req["method"] != "POST" or req["path"] not in ("/v1/messages", "/v1/messages/count_tokens"):
+            return super().default_reply(req, n)
+        body = req["body"]
+        if not isinstance(body, dict):
+            return self.error(400, "invalid_request_error", "There was an error parsing the body of your request.", n)
+        required = ("model", "messages") if req["path"].endswith("count_tokens") else ("model", "max_tokens", "messages")
+        missing = [f for f in required if f not in body]
+        if missing:
+            return self.error(400, "invalid_request_error", f"{missing[0]}: Field required", n)
+        if req["path"].endswith("count_tokens"):
+            return self.json_reply({"input_tokens": token_count(req["raw"])})
+        return self._message(body, token_count(req["raw"]), n)
+
+    def _message(self, body, input_tokens, n):
+        model, pieces = body["model"], _reply_pieces(body["model"])
+        usage = {"input_tokens": input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        message = {"id": f"msg_fake{n}", "type": "message", "role": "assistant", "model": model,
+                   "content": [{"type": "text", "text": "".join(pieces)}],
+                   "stop_reason": "end_turn", "stop_sequence": None,
+                   "usage": {**usage, "output_tokens": len(pieces)}}
+        if not body.get("stream"):
+            return self.json_reply(message)
+        events = [
+            {"type": "message_start", "message": {**message, "content": [], "stop_reason": None,
+                                                  "usage": {**usage, "output_tokens": 1}}},
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {"type": "ping"},
+            *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}} for p in pieces),
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+             "usage": {"output_tokens": len(pieces)}},
+            {"type": "message_stop"},
+        ]
+        return self.sse_reply([b"event: %s\ndata: %s\n\n" % (e["type"].encode(), _dumps(e)) for e in events])
