@@ -8,9 +8,8 @@ Nothing in here names a particular dialect; the YAML does.
 """
 import json
 
-import jsonschema
-
-from .errors import GatewayError
+from . import schemas
+from .errors import ConfigError, GatewayError
 from .functions import RuleFunctions
 from .mapping import compile_expr, compile_mapping, compile_steps, truthy
 
@@ -25,11 +24,15 @@ def rule_options(spec):
 
 
 class Dialect:
-    def __init__(self, spec, schema, where):
+    def __init__(self, spec, where):
         options = rule_options(spec)
         self.name = spec["name"]
         self.path = spec["path"]
-        self.validator = jsonschema.validators.validator_for(schema)(schema)
+        self.request_schema = spec["request_schema"]
+        try:
+            schemas.validator(self.request_schema)  # loaded and checked now, not on the first request
+        except (OSError, ValueError) as e:
+            raise ConfigError([f"{where}: request_schema: {e}"]) from None
         stream = spec["stream"]
         self.named_events = stream["framing"] == "named"
         self.stream_literals = {s.encode() for s in stream.get("literals", ())}
@@ -41,16 +44,7 @@ class Dialect:
 
     def validate(self, body):
         """Raise a 400 naming the first offending field, in the request's own terms."""
-        if not isinstance(body, dict):
-            raise GatewayError(400, "the request body must be a JSON object")
-        error = next(iter(sorted(self.validator.iter_errors(body), key=lambda e: (len(e.path), list(map(str, e.path))))), None)
-        if error is None:
-            return
-        path = list(error.path)
-        if error.validator == "required":
-            path.append(error.message.split("'")[1])
-        param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-        raise GatewayError(400, f"{param or 'body'}: {error.message}" if param else error.message, param or None)
+        schemas.check(self.request_schema, body)
 
     def render_error(self, status, message, param=None, request_id=None):
         """(status, body) of an error in this dialect's envelope."""

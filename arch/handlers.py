@@ -12,7 +12,9 @@ import uuid
 
 from tornado.web import HTTPError, RequestHandler
 
+from . import schemas
 from .errors import GatewayError
+from .functions import estimate_tokens
 from .stream import Passthrough, StreamBroken, Translate
 from .upstream import Call, UpstreamError
 
@@ -81,13 +83,21 @@ class Health(Base):
 
 
 class Models(Base):
-    """GET /v1/models: configured models and aliases, in the OpenAI list shape."""
+    """GET /v1/models: configured models and aliases, in the OpenAI list shape,
+    or in Anthropic's when the request carries `anthropic-version` (both SDKs'
+    `models.list()`). An alias says what it points to."""
 
     def get(self):
         routes = self.runtime.routes
-        data = [{"id": t.name, "object": "model", "created": 0, "owned_by": t.provider} for t in routes.targets]
-        data += [{"id": alias, "object": "model", "created": 0, "owned_by": routes.table[alias].provider,
-                  "target": routes.table[alias].name} for alias in routes.aliases]
+        entries = [(t.name, t) for t in routes.targets] + [(a, routes.table[a]) for a in routes.aliases]
+        if "anthropic-version" in self.request.headers:
+            data = [{"type": "model", "id": name, "display_name": name if name == t.name else f"{name} -> {t.name}",
+                     "created_at": "1970-01-01T00:00:00Z"} for name, t in entries]
+            return self.send_json(200, {"data": data, "has_more": False,
+                                        "first_id": data[0]["id"] if data else None,
+                                        "last_id": data[-1]["id"] if data else None})
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": t.provider,
+                 **({"target": t.name} if name != t.name else {})} for name, t in entries]
         self.send_json(200, {"object": "list", "data": data})
 
 
@@ -138,30 +148,13 @@ class Chat(Base):
     async def _forward(self, client, body, target):
         data, translation = self._upstream_request(client, body, target)
         provider = self.runtime.rules.dialects[target.dialect]
-        headers = {"Content-Type": "application/json", "x-request-id": self.request_id, **target.headers}
-        for name in target.forward_headers:
-            if name in self.request.headers:
-                headers[name] = self.request.headers[name]
-        stream = body.get("stream") is True
-        if stream:
+        relay = None
+        if body.get("stream") is True:
             relay = (Translate(translation.stream, {"model": target.model, "request": body}, client, provider)
                      if translation else Passthrough(client))
-        else:
-            relay = None
         exchange = _Exchange(self, client, provider, relay)
-        self.call = Call(exchange.on_head, exchange.on_data)
         self.set_header("x-arch-upstream-model", target.model)
-        try:
-            await self.gateway.pool.send(self.call, "POST", target.url, headers, data, self.runtime.timeouts)
-        except UpstreamError as e:
-            if self.client_gone:
-                return
-            if exchange.committed:
-                exchange.fail(str(e))
-                return
-            status = 504 if e.kind == "timeout" else 502
-            raise GatewayError(status, f"provider for '{target.name}' failed: {e}") from None
-        if self.client_gone:
+        if not await self._send(target, target.url, data, exchange):
             return
         if exchange.committed:
             exchange.end()
@@ -175,6 +168,24 @@ class Chat(Base):
             self.send_json(200, raw)
         else:
             self._upstream_error(client, provider, exchange)
+
+    async def _send(self, target, url, data, exchange):
+        """One call to the provider. False when there is nothing left to answer
+        (the client went away, or a started stream was closed with an error)."""
+        headers = {"Content-Type": "application/json", "x-request-id": self.request_id, **target.headers}
+        for name in target.forward_headers:
+            if name in self.request.headers:
+                headers[name] = self.request.headers[name]
+        self.call = Call(exchange.on_head, exchange.on_data)
+        try:
+            await self.gateway.pool.send(self.call, "POST", url, headers, data, self.runtime.timeouts)
+        except UpstreamError as e:
+            if exchange.committed and not self.client_gone:
+                exchange.fail(str(e))
+            if exchange.committed or self.client_gone:
+                return False
+            raise GatewayError(504 if e.kind == "timeout" else 502, f"provider for '{target.name}' failed: {e}") from None
+        return not self.client_gone
 
     def _upstream_error(self, client, provider, exchange):
         """A provider's error, in the client's dialect, with the provider's status and retry hints."""
@@ -194,6 +205,32 @@ class Chat(Base):
         self.client_gone = True
         if self.call is not None:
             self.call.cancel()
+
+
+class CountTokens(Chat):
+    """POST /v1/messages/count_tokens: asked of providers that can count
+    (Anthropic), estimated here for the others (see `estimate_tokens`)."""
+
+    dialect = "anthropic"
+
+    async def post(self):
+        try:
+            body = self._body()
+            schemas.check("anthropic_count_tokens.schema.yaml", body)
+            target = self.runtime.routes.resolve(body["model"])
+            if target.count_tokens_url is None:
+                return self.send_json(200, {"input_tokens": estimate_tokens(body)})
+            client = self.runtime.rules.dialects[self.dialect]
+            data, _ = self._upstream_request(client, body, target)
+            exchange = _Exchange(self, client, client, None)
+            if await self._send(target, target.count_tokens_url, data, exchange):
+                if 200 <= self.call.status < 300:
+                    self.send_json(200, b"".join(exchange.buffer))
+                else:
+                    self._upstream_error(client, client, exchange)
+        except GatewayError as e:
+            if not self._finished:
+                self.send_error_json(e)
 
 
 class _Exchange:

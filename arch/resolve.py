@@ -18,13 +18,14 @@ class Target:
     provider: str         # rules/providers/<provider>.yaml
     dialect: str
     url: str
+    count_tokens_url: str | None
     headers: dict         # auth + fixed headers, computed at load
     forward_headers: tuple
     rename: dict
     missing_key: str | None  # the unset $VAR that should have held the key
 
 
-def upstream_url(rule, cfg, model_id):
+def upstream_url(rule, cfg, model_id, path):
     """The provider's default base URL, with the config's `base_url` laid over
     it: its host always, its path (when it has one) as the new path prefix."""
     default = urlsplit(rule.base_url or "")
@@ -33,7 +34,7 @@ def upstream_url(rule, cfg, model_id):
     prefix = given.path.rstrip("/") if given.netloc and given.path.strip("/") else default.path.rstrip("/")
     params = {**rule.params, **cfg.extra, "model": model_id}
     try:
-        path = rule.path.format(**params)
+        path = path.format(**params)
     except KeyError as e:
         raise ConfigError([f"{cfg.where}.{e.args[0]}: required for provider {rule.name!r}"]) from None
     return f"{scheme}://{host}{prefix}{path}"
@@ -51,13 +52,15 @@ def provider_of(cfg, rules):
 
 
 def make_target(cfg, rule, model_id):
-    if not (cfg.base_url or rule.base_url):
+    if not cfg.base_url and rule.base_url_required:
         raise ConfigError([f"{cfg.where}.base_url: required for provider {rule.name!r}"])
     headers = dict(rule.headers)
     if rule.auth and cfg.access_key:
         headers[rule.auth["header"]] = rule.auth["value"].format(key=cfg.access_key)
     return Target(name=cfg.name, model=model_id, provider=rule.name, dialect=rule.dialect,
-                  url=upstream_url(rule, cfg, model_id), headers=headers, forward_headers=tuple(rule.forward_headers),
+                  url=upstream_url(rule, cfg, model_id, rule.path),
+                  count_tokens_url=rule.count_tokens_path and upstream_url(rule, cfg, model_id, rule.count_tokens_path),
+                  headers=headers, forward_headers=tuple(rule.forward_headers),
                   rename=rule.rename, missing_key=cfg.missing_var)
 
 

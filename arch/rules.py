@@ -24,9 +24,10 @@ class ProviderRule:
         self.name = spec["name"]
         self.dialect = spec["dialect"]
         self.base_url = spec.get("base_url")
+        self.base_url_required = spec.get("base_url_required", False)
         self.path = spec["path"]
+        self.count_tokens_path = spec.get("count_tokens_path")
         self.auth = spec.get("auth")
-        self.key_env = spec.get("key_env")
         self.headers = spec.get("headers") or {}
         self.forward_headers = [h.lower() for h in spec.get("forward_headers") or ()]
         self.params = spec.get("params") or {}
@@ -80,7 +81,7 @@ def load_rules(dirs=()):
     for rel, (kind, spec, f) in specs.items():
         try:
             if kind == "dialect":
-                dialects[spec["name"]] = Dialect(spec, schemas.load_schema(spec["request_schema"]), str(f))
+                dialects[spec["name"]] = Dialect(spec, str(f))
             elif kind == "translation":
                 translations[spec["client"], spec["provider"]] = Translation(spec, str(f))
             else:

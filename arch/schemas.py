@@ -5,6 +5,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from .errors import GatewayError
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
 
@@ -32,3 +34,18 @@ def problems(schema_name, data, where):
         path = json_path(error.path) or "(top level)"
         found.append(f"{where}: {path}: {error.message}")
     return found
+
+
+def check(schema_name, body):
+    """Raise a 400 naming the first offending field of a request body."""
+    if not isinstance(body, dict):
+        raise GatewayError(400, "the request body must be a JSON object")
+    errors = validator(schema_name).iter_errors(body)
+    error = min(errors, key=lambda e: (len(e.path), list(map(str, e.path))), default=None)
+    if error is None:
+        return
+    path = list(error.path)
+    if error.validator == "required":
+        path.append(error.message.split("'")[1])
+    param = json_path(path)
+    raise GatewayError(400, f"{param}: {error.message}" if param else error.message, param or None)

@@ -1,15 +1,17 @@
 """The gateway process: routes, listening sockets, reload and shutdown."""
 import logging
 import signal
+from pathlib import Path
 
 from tornado.httpserver import HTTPServer
-from tornado.ioloop import IOLoop
+from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.netutil import bind_sockets
 from tornado.process import fork_processes
 from tornado.web import Application
 
 from . import handlers
 from .errors import ConfigError
+from .rules import BUILTIN
 from .runtime import build
 from .upstream import Pool
 
@@ -25,6 +27,32 @@ class Gateway:
         self.runtime = build(config_path, self.rules_dirs)
         self.pool = Pool()
         self.inflight = 0
+        self._seen = self._fingerprint()
+
+    def _fingerprint(self):
+        """(path, mtime, size) of the config, its .env and every rules file: a
+        change in any of them, a new file or a deleted one means reload."""
+        config = Path(self.config_path)
+        files = [config, config.parent / ".env"]
+        for d in [BUILTIN, *self.runtime.config.rules_dirs, *self.rules_dirs]:
+            files.extend(sorted(Path(d).rglob("*.yaml")))
+        seen = []
+        for f in files:
+            try:
+                st = f.stat()
+                seen.append((str(f), st.st_mtime_ns, st.st_size))
+            except OSError:
+                seen.append((str(f), None, None))
+        return seen
+
+    def watch(self, interval=1.0):
+        """Reload when a watched file changes (the polling is a few stat calls)."""
+        def check():
+            seen = self._fingerprint()
+            if seen != self._seen:
+                self._seen = seen
+                self.reload()
+        PeriodicCallback(check, interval * 1000).start()
 
     def reload(self):
         """Swap in a freshly built Runtime; on any problem keep the old one."""
@@ -33,7 +61,11 @@ class Gateway:
         except ConfigError as e:
             log.error("reload rejected, still serving the previous configuration:\n  %s", "\n  ".join(e.problems))
             return False
+        except Exception:  # a rules file that breaks the loader itself must not take the gateway down
+            log.exception("reload rejected, still serving the previous configuration")
+            return False
         self.runtime = runtime
+        self._seen = self._fingerprint()
         for w in runtime.warnings:
             log.warning("%s", w)
         log.info("configuration reloaded from %s", self.config_path)
@@ -44,6 +76,7 @@ class Gateway:
         return Application([
             (r"/v1/chat/completions", handlers.Chat, {**args, "dialect": "openai"}),
             (r"/v1/messages", handlers.Chat, {**args, "dialect": "anthropic"}),
+            (r"/v1/messages/count_tokens", handlers.CountTokens, args),
             (r"/v1/models", handlers.Models, args),
             (r"/healthz", handlers.Health, args),
         ], default_handler_class=handlers.NotFound, default_handler_args=args, log_function=_access_log)
@@ -61,6 +94,7 @@ def serve(gateway, workers=1, drain_seconds=30.0):
         fork_processes(workers)
     server = HTTPServer(gateway.application(), max_body_size=64 << 20, idle_connection_timeout=300)
     server.add_sockets(sockets)
+    gateway.watch()
     loop = IOLoop.current()
 
     def shutdown(*_):
