@@ -17,14 +17,19 @@ from . import schemas
 from .errors import ConfigError
 
 VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-UNSUPPORTED = ("agents", "endpoints", "overrides", "system_prompt", "prompt_targets", "prompt_guards",
+UNSUPPORTED = ("tracing", "agents", "endpoints", "overrides", "system_prompt", "prompt_targets", "prompt_guards",
                "ratelimits", "routing", "mode", "state_storage", "state_storage_v1_responses")
 # provider_interface values of the original Arch schema that name a provider differently here
 INTERFACE_ALIASES = {"claude": "anthropic", "arch": "openai"}
 
 
-PROVIDER_KEYS = {"model", "name", "access_key", "base_url", "default", "provider_interface",
-                 "routing_preferences", "http_host"}
+PROVIDER_KEYS = {"model", "name", "access_key", "base_url", "default", "provider_interface", "fallbacks",
+                 "routing_preferences", "http_host", "timeout", "connect_timeout", "idle_timeout",
+                 "max_retries", "retry_backoff"}
+# Long enough for agents and tool use: minutes for a whole answer, seconds to connect.
+DEFAULT_POLICY = {"timeout": 1800.0, "connect_timeout": 10.0, "idle_timeout": 300.0,
+                  "max_retries": 2, "retry_backoff": 0.5}
+DEFAULT_MAX_BODY = "32MB"
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,8 @@ class ProviderConfig:
     access_key: str | None
     missing_var: str | None  # the $VAR that was unset, if the key came from one
     base_url: str | None
-    default: bool
+    fallbacks: tuple     # names to try, in order, when this model fails
+    policy: dict         # timeouts and retries (see DEFAULT_POLICY)
     extra: dict          # provider-specific settings (api_version, ...)
 
 
@@ -45,9 +51,9 @@ class Config:
     path: Path
     address: str
     port: int
-    timeout: float | None
+    max_body_bytes: int
     providers: list
-    aliases: dict                     # alias -> target name
+    aliases: dict                     # alias -> (target, *fallbacks)
     rules_dirs: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
 
@@ -78,13 +84,30 @@ def expand(text, env):
 
 
 def parse_duration(value):
-    """'30s', '5m', '1500ms', '1h' or a number of seconds -> seconds."""
-    if value is None or isinstance(value, (int, float)):
-        return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(value))
-    if not m:
-        raise ValueError(f"not a duration: {value!r} (use 30s, 5m, 1500ms)")
+    """'30s', '5m', '1500ms', '1h' or a number of seconds -> seconds (the schema checked the form)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
     return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+
+
+def parse_size(value):
+    """'32MB', '512KB', '1GB' or a number of bytes -> bytes (the schema checked the form)."""
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+)\s*(B|KB|MB|GB)?\s*", value, re.I)
+    return int(m.group(1)) * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, None: 1}[(m.group(2) or "B").upper()]
+
+
+def _policy(spec, inherited):
+    """Timeouts and retries: the listener's (or the defaults) under a provider's own."""
+    out = dict(inherited)
+    for key in ("timeout", "connect_timeout", "idle_timeout", "retry_backoff"):
+        if key in spec:
+            out[key] = parse_duration(spec[key])
+    if "max_retries" in spec:
+        out["max_retries"] = spec["max_retries"]
+    return out
 
 
 def load_config(path):
@@ -103,14 +126,8 @@ def load_config(path):
 
     env = {**read_dotenv(path.parent / ".env"), **os.environ}
     warnings = [f"{where}: {key}: not supported yet (ignored)" for key in UNSUPPORTED if key in raw]
-    if "tracing" in raw:
-        warnings.append(f"{where}: tracing: not supported yet (ignored)")
-
-    address, port, timeout = _listener(raw["listeners"])
-    try:
-        timeout = parse_duration(timeout)
-    except ValueError as e:
-        problems.append(f"{where}: listeners: timeout: {e}")
+    listener = _listener(raw["listeners"], warnings, where)
+    listener_policy = _policy(listener, DEFAULT_POLICY)
 
     entries = raw.get("model_providers") or raw.get("llm_providers") or []
     key = "model_providers" if raw.get("model_providers") else "llm_providers"
@@ -125,21 +142,23 @@ def load_config(path):
             interface=INTERFACE_ALIASES.get(entry.get("provider_interface"), entry.get("provider_interface")),
             access_key=access_key or None, missing_var=missing[0] if missing else None,
             base_url=expand(entry["base_url"], env)[0] if entry.get("base_url") else None,
-            default=bool(entry.get("default")),
+            fallbacks=tuple(entry.get("fallbacks") or ()), policy=_policy(entry, listener_policy),
             extra={k: v for k, v in entry.items() if k not in PROVIDER_KEYS}))
 
-    aliases = {name: spec["target"] for name, spec in (raw.get("model_aliases") or {}).items()}
-    if problems:
-        raise ConfigError(problems)
-    return Config(path=path, address=address, port=port, timeout=timeout, providers=providers,
-                  aliases=aliases, rules_dirs=[str((path.parent / d).resolve()) for d in raw.get("rules") or ()],
-                  warnings=warnings)
+    aliases = {name: (spec["target"], *spec.get("fallbacks", ())) for name, spec in (raw.get("model_aliases") or {}).items()}
+    return Config(path=path, address=listener.get("address", "0.0.0.0"), port=listener.get("port", 12000),
+                  max_body_bytes=parse_size(listener.get("max_body_size", DEFAULT_MAX_BODY)),
+                  providers=providers, aliases=aliases,
+                  rules_dirs=[str((path.parent / d).resolve()) for d in raw.get("rules") or ()], warnings=warnings)
 
 
-def _listener(listeners):
-    """(address, port, timeout) of the model listener, from either form."""
+def _listener(listeners, warnings, where):
+    """The model listener's settings, from either form; other listeners are reported."""
     if isinstance(listeners, dict):
-        spec = listeners.get("egress_traffic") or {}
-    else:
-        spec = next((item for item in listeners if item.get("type") == "model"), {})
-    return spec.get("address", "0.0.0.0"), spec.get("port", 12000), spec.get("timeout")
+        if "ingress_traffic" in listeners:
+            warnings.append(f"{where}: listeners.ingress_traffic: prompt listeners are not supported yet (ignored)")
+        return listeners.get("egress_traffic") or {}
+    for n, item in enumerate(listeners):
+        if item.get("type", "model") != "model":
+            warnings.append(f"{where}: listeners[{n}]: {item.get('type')} listeners are not supported yet (ignored)")
+    return next((item for item in listeners if item.get("type", "model") == "model"), {})

@@ -17,6 +17,8 @@ class GatewayError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}
+        self.body = None         # a provider's own error body, when it can go to the client as it is
+        self.retryable = False   # worth another attempt or the next fallback
 
 
 class ConfigError(Exception):

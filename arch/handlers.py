@@ -5,6 +5,7 @@ model, lets the rules translate, and moves bytes between the client and the
 provider. Dialect details live in the rules; sockets live in `upstream`.
 Every failure leaves as an error in the client's own dialect.
 """
+import asyncio
 import json
 import logging
 import re
@@ -23,6 +24,7 @@ log = logging.getLogger("arch")
 # Provider keys must never reach a client, even partly masked in a provider's own message.
 _KEYLIKE = re.compile(rb"\b(sk|key|api[-_]?key)[-_][A-Za-z0-9_*.\-]{6,}", re.I)
 _RETRY_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
+RETRY_STATUSES = {408, 429, 500, 502, 503, 504, 529}
 
 
 class Base(RequestHandler):
@@ -48,10 +50,12 @@ class Base(RequestHandler):
         self.finish(body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False))
 
     def send_error_json(self, error):
-        client = self.runtime.rules.dialects[self.dialect]
-        status, body = client.render_error(error.status, error.message, error.param, self.request_id)
         for k, v in error.headers.items():
             self.set_header(k, v)
+        if error.body is not None:  # a provider's error, already in this client's dialect
+            return self.send_json(error.status, error.body)
+        client = self.runtime.rules.dialects[self.dialect]
+        status, body = client.render_error(error.status, error.message, error.param, self.request_id)
         self.send_json(status, body)
 
     def write_error(self, status_code, **kwargs):
@@ -89,7 +93,7 @@ class Models(Base):
 
     def get(self):
         routes = self.runtime.routes
-        entries = [(t.name, t) for t in routes.targets] + [(a, routes.table[a]) for a in routes.aliases]
+        entries = [(t.name, t) for t in routes.targets] + [(a, routes.table[a][0]) for a in routes.aliases]
         if "anthropic-version" in self.request.headers:
             data = [{"type": "model", "id": name, "display_name": name if name == t.name else f"{name} -> {t.name}",
                      "created_at": "1970-01-01T00:00:00Z"} for name, t in entries]
@@ -113,15 +117,18 @@ class Chat(Base):
             body = self._body()
             client = self.runtime.rules.dialects[self.dialect]
             client.validate(body)
-            target = self.runtime.routes.resolve(body["model"])
-            await self._forward(client, body, target)
+            route = self.runtime.routes.resolve(body["model"])
+            await self._forward(client, body, route)
         except GatewayError as e:
-            if not self._finished:
+            if not self._finished and not self.client_gone:
                 self.send_error_json(e)
         finally:
             self.gateway.inflight -= 1
 
     def _body(self):
+        limit = self.runtime.config.max_body_bytes
+        if len(self.request.body) > limit:
+            raise GatewayError(413, f"the request body is {len(self.request.body)} bytes; the limit is {limit}")
         try:
             return json.loads(self.request.body)
         except RecursionError:
@@ -138,14 +145,39 @@ class Chat(Base):
         translation = self.runtime.rules.translation(client.name, target.dialect)
         if translation is None and body["model"] == target.model and not target.rename:
             return self.request.body, None  # fast path: the client's bytes go out untouched
-        out = translation.request(body) if translation else body
+        out = translation.request(body) if translation else dict(body)
         out["model"] = target.model
         for old, new in target.rename.items():
             if old in out:
                 out[new] = out.pop(old)
         return json.dumps(out, ensure_ascii=False).encode(), translation
 
-    async def _forward(self, client, body, target):
+    async def _forward(self, client, body, route):
+        """Try the route's targets in order, each with its retries, until one
+        answers. Retries and fallbacks happen only before the first byte
+        reached the client: a stream is committed only on a 2xx."""
+        for target in route:
+            for attempt in range(target.policy.max_retries + 1):
+                try:
+                    return await self._attempt(client, body, target)
+                except GatewayError as e:
+                    if self.client_gone or not e.retryable:
+                        raise
+                    failure = e
+                    if attempt == target.policy.max_retries:
+                        break
+                    delay = target.policy.backoff(attempt, e.headers)
+                    if delay is None:  # the provider asked for a longer wait than is worth it
+                        break
+                    log.info("%s: %s; retry %d in %.2fs", self.request_id, e.message, attempt + 1, delay)
+                    await asyncio.sleep(delay)
+                    if self.client_gone:
+                        return
+            if target is not route[-1]:
+                log.info("%s: %s failed (%s); falling back", self.request_id, target.name, failure.message)
+        raise failure
+
+    async def _attempt(self, client, body, target):
         data, translation = self._upstream_request(client, body, target)
         provider = self.runtime.rules.dialects[target.dialect]
         relay = None
@@ -167,7 +199,7 @@ class Chat(Base):
                     raise GatewayError(502, f"provider for '{target.name}' sent a response that is not JSON") from None
             self.send_json(200, raw)
         else:
-            self._upstream_error(client, provider, exchange)
+            raise self._upstream_error(client, provider, exchange)
 
     async def _send(self, target, url, data, exchange):
         """One call to the provider. False when there is nothing left to answer
@@ -178,28 +210,29 @@ class Chat(Base):
                 headers[name] = self.request.headers[name]
         self.call = Call(exchange.on_head, exchange.on_data)
         try:
-            await self.gateway.pool.send(self.call, "POST", url, headers, data, self.runtime.timeouts)
+            await self.gateway.pool.send(self.call, "POST", url, headers, data, target.policy.timeouts)
         except UpstreamError as e:
             if exchange.committed and not self.client_gone:
                 exchange.fail(str(e))
             if exchange.committed or self.client_gone:
                 return False
-            raise GatewayError(504 if e.kind == "timeout" else 502, f"provider for '{target.name}' failed: {e}") from None
+            error = GatewayError(504 if e.kind == "timeout" else 502, f"provider for '{target.name}' failed: {e}")
+            error.retryable = e.kind != "timeout"  # a timeout already cost its full wait
+            raise error from None
         return not self.client_gone
 
     def _upstream_error(self, client, provider, exchange):
-        """A provider's error, in the client's dialect, with the provider's status and retry hints."""
+        """A provider's error as a GatewayError: its status and retry hints kept,
+        its body kept as-is for a client of the same dialect, else its message."""
         raw = _KEYLIKE.sub(b"[redacted]", b"".join(exchange.buffer))
         status = self.call.status
-        for name in _RETRY_HEADERS:
-            if name in exchange.headers:
-                self.set_header(name, exchange.headers[name])
         message = provider.error_message(raw)
+        error = GatewayError(status, message or f"the provider answered HTTP {status}: "
+                                                f"{raw[:300].decode('utf-8', 'replace')}", headers=exchange.headers)
         if client is provider and message is not None:
-            return self.send_json(status, raw)
-        if message is None:
-            message = f"the provider answered HTTP {status}: {raw[:300].decode('utf-8', 'replace')}"
-        self.send_error_json(GatewayError(status, message))
+            error.body = raw
+        error.retryable = status in RETRY_STATUSES
+        return error
 
     def on_connection_close(self):
         self.client_gone = True
@@ -217,17 +250,16 @@ class CountTokens(Chat):
         try:
             body = self._body()
             schemas.check("anthropic_count_tokens.schema.yaml", body)
-            target = self.runtime.routes.resolve(body["model"])
+            target = self.runtime.routes.resolve(body["model"])[0]
             if target.count_tokens_url is None:
                 return self.send_json(200, {"input_tokens": estimate_tokens(body)})
             client = self.runtime.rules.dialects[self.dialect]
             data, _ = self._upstream_request(client, body, target)
             exchange = _Exchange(self, client, client, None)
             if await self._send(target, target.count_tokens_url, data, exchange):
-                if 200 <= self.call.status < 300:
-                    self.send_json(200, b"".join(exchange.buffer))
-                else:
-                    self._upstream_error(client, client, exchange)
+                if not 200 <= self.call.status < 300:
+                    raise self._upstream_error(client, client, exchange)
+                self.send_json(200, b"".join(exchange.buffer))
         except GatewayError as e:
             if not self._finished:
                 self.send_error_json(e)

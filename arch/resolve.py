@@ -4,13 +4,57 @@ Everything here is computed once per configuration: upstream URLs, auth and
 fixed headers, and one dict from every name a client may use to its target.
 A request does a single dict lookup.
 """
+import random
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from time import time
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, GatewayError
+from .upstream import Timeouts
+
+MAX_RETRY_WAIT = 30.0  # a provider asking for a longer pause gets no retry: the next fallback is better
 
 
 @dataclass(frozen=True)
+class Policy:
+    """Timeouts and retries for one target."""
+    timeouts: Timeouts
+    max_retries: int
+    retry_backoff: float
+
+    @classmethod
+    def from_config(cls, p):
+        return cls(Timeouts(connect=p["connect_timeout"], first_byte=p["idle_timeout"], idle=p["idle_timeout"],
+                            total=p["timeout"]), p["max_retries"], p["retry_backoff"])
+
+    def backoff(self, attempt, headers):
+        """Seconds before retry number `attempt + 1`: the provider's own hint
+        when it gave one, else exponential with jitter; None means don't."""
+        if headers.get("x-should-retry") == "false":
+            return None
+        hint = _retry_after(headers)
+        if hint is not None:
+            return hint if hint <= MAX_RETRY_WAIT else None
+        return min(self.retry_backoff * 2 ** attempt, 8.0) * random.uniform(0.5, 1.0)
+
+
+def _retry_after(headers):
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        if "retry-after" in headers:
+            value = headers["retry-after"]
+            try:
+                return max(float(value), 0.0)
+            except ValueError:
+                return max(parsedate_to_datetime(value).timestamp() - time(), 0.0)
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
+@dataclass(frozen=True, eq=False)
 class Target:
     """One configured model at one provider, ready to be called."""
     name: str
@@ -23,6 +67,8 @@ class Target:
     forward_headers: tuple
     rename: dict
     missing_key: str | None  # the unset $VAR that should have held the key
+    policy: Policy
+    fallbacks: tuple         # names to try after this one
 
 
 def upstream_url(rule, cfg, model_id, path):
@@ -61,39 +107,55 @@ def make_target(cfg, rule, model_id):
                   url=upstream_url(rule, cfg, model_id, rule.path),
                   count_tokens_url=rule.count_tokens_path and upstream_url(rule, cfg, model_id, rule.count_tokens_path),
                   headers=headers, forward_headers=tuple(rule.forward_headers),
-                  rename=rule.rename, missing_key=cfg.missing_var)
+                  rename=rule.rename, missing_key=cfg.missing_var, policy=Policy.from_config(cfg.policy),
+                  fallbacks=cfg.fallbacks)
 
 
 class Routes:
-    """Model name -> Target. Precedence (DESIGN.md): alias, provider `name`,
-    full `provider/model` string, bare model id; built by laying each level
-    over the one below it."""
+    """Model name -> route: the targets to try in order. Name precedence
+    (DESIGN.md): alias, provider `name`, full `provider/model` string, bare
+    model id; built by laying each level over the one below it."""
 
     def __init__(self, targets, aliases):
-        table = {}
+        named = {}
         for t in reversed(targets):  # the first entry wins a shared bare id
-            table[t.model] = t
+            named[t.model] = t
         for t in targets:
-            table[f"{t.provider}/{t.model}"] = t
-            table[t.name] = t
+            named[f"{t.provider}/{t.model}"] = t
+            named[t.name] = t
         problems = []
-        for alias, target in aliases.items():
-            if target in table:
-                table[alias] = table[target]
-            else:
-                problems.append(f"model_aliases.{alias}.target: {target!r} is not a configured model")
+
+        def chain(names, where):
+            """The targets for these names, each followed by its own fallbacks, once each."""
+            route = []
+            for name in names:
+                if name not in named:
+                    problems.append(f"{where}: {name!r} is not a configured model")
+                    continue
+                for t in (named[name], *(named.get(f) for f in named[name].fallbacks)):
+                    if t is not None and t not in route:
+                        route.append(t)
+            return tuple(route)
+
+        table = {name: chain([name], f"{t.name}.fallbacks") for name, t in named.items()}
+        for t in targets:
+            for f in t.fallbacks:
+                if f not in named:
+                    problems.append(f"{t.name}: fallbacks: {f!r} is not a configured model")
+        for alias, names in aliases.items():
+            table[alias] = chain(names, f"model_aliases.{alias}")
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError(sorted(set(problems)))
         self.table = table
         self.targets = targets
-        self.aliases = aliases
+        self.aliases = {alias: names[0] for alias, names in aliases.items()}
 
     def resolve(self, name):
-        target = self.table.get(name)
-        if target is None:
+        route = self.table.get(name) if isinstance(name, str) else None
+        if not route:
             raise GatewayError(404, f"The model '{name}' does not exist or is not served by this gateway. "
                                     f"Available models: {', '.join(self.names())}", "model")
-        return target
+        return route
 
     def names(self):
         return sorted({*self.aliases, *(t.name for t in self.targets), *(t.model for t in self.targets)})

@@ -8,7 +8,6 @@ from .config import Config, load_config
 from .errors import ConfigError
 from .resolve import Routes, make_target, provider_of
 from .rules import RuleSet, load_rules
-from .upstream import Timeouts
 
 
 @dataclass(frozen=True)
@@ -16,7 +15,6 @@ class Runtime:
     config: Config
     rules: RuleSet
     routes: Routes
-    timeouts: Timeouts
     warnings: list
 
 
@@ -44,5 +42,4 @@ def build(config_path, rules_dirs=()):
         problems.extend(f"{config.path}: {p}" for p in e.problems)
     if problems:
         raise ConfigError(problems)
-    timeouts = Timeouts(total=config.timeout) if config.timeout else Timeouts()
-    return Runtime(config=config, rules=rules, routes=routes, timeouts=timeouts, warnings=warnings)
+    return Runtime(config=config, rules=rules, routes=routes, warnings=warnings)

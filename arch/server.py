@@ -92,7 +92,9 @@ def serve(gateway, workers=1, drain_seconds=30.0):
     sockets = bind_sockets(config.port, config.address, reuse_port=workers > 1)
     if workers > 1:
         fork_processes(workers)
-    server = HTTPServer(gateway.application(), max_body_size=64 << 20, idle_connection_timeout=300)
+    # Bodies over the configured limit still get read (up to 4x) so the client hears a 413 in its dialect.
+    server = HTTPServer(gateway.application(), max_body_size=4 * config.max_body_bytes,
+                        idle_connection_timeout=300, body_timeout=120)
     server.add_sockets(sockets)
     gateway.watch()
     loop = IOLoop.current()

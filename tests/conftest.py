@@ -158,8 +158,10 @@ def gateway_config(openai_url, anthropic_url, ollama_url) -> dict:
     """The standard config: every provider points at a fake."""
     return {
         "version": "v0.1.0",
-        "listeners": {"egress_traffic": {"address": "127.0.0.1", "port": 0,
-                                         "message_format": "openai", "timeout": "30s"}},
+        # max_retries 0: an error a fake is told to send reaches the client as it is;
+        # retries and fallbacks have their own tests and gateways.
+        "listeners": {"egress_traffic": {"address": "127.0.0.1", "port": 0, "message_format": "openai",
+                                         "timeout": "30s", "max_retries": 0}},
         "llm_providers": [
             {"model": "openai/gpt-4o-mini", "access_key": "$OPENAI_API_KEY", "base_url": openai_url, "default": True},
             {"model": "openai/gpt-4o", "access_key": "$OPENAI_API_KEY", "base_url": openai_url},
