@@ -82,8 +82,12 @@ class NotFound(Base):
 
 
 class Health(Base):
+    """GET /healthz: liveness, and the numbers a leak would move."""
+
     def get(self):
-        self.send_json(200, {"status": "ok"})
+        pool = self.gateway.pool
+        self.send_json(200, {"status": "ok", "inflight": self.gateway.inflight,
+                             "idle_upstream_connections": sum(len(v) for v in pool.idle.values())})
 
 
 class Models(Base):
