@@ -1,7 +1,9 @@
 """`archgw up` and `archgw validate` (also `python -m arch ...`)."""
 import argparse
 import logging
+import os
 import sys
+import tempfile
 
 from .errors import ConfigError
 from .runtime import build
@@ -36,7 +38,10 @@ def _validate(args):
 
 
 def _up(args):
-    from .server import Gateway, serve  # tornado's server only when serving
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # must be set before prometheus_client is imported, so every worker writes shared files
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="archgw-metrics-")
+    from .server import Gateway, serve  # tornado's server and metrics only when serving
 
     try:
         gateway = Gateway(args.config, args.rules)
@@ -47,6 +52,11 @@ def _up(args):
     runtime = gateway.runtime
     config = runtime.config
     log = logging.getLogger("arch")
+    access = logging.getLogger("arch.access")
+    handler = logging.FileHandler(config.access_log_file) if config.access_log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))  # each line is one JSON object
+    access.addHandler(handler)
+    access.propagate = False
     for w in runtime.warnings:
         log.warning("%s", w)
     lines = [f"archgw listening on http://{config.address}:{config.port}"]

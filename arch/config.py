@@ -52,6 +52,8 @@ class Config:
     address: str
     port: int
     max_body_bytes: int
+    access_log_file: str | None
+    log_content: bool
     providers: list
     aliases: dict                     # alias -> (target, *fallbacks)
     rules_dirs: list = field(default_factory=list)
@@ -145,9 +147,11 @@ def load_config(path):
             fallbacks=tuple(entry.get("fallbacks") or ()), policy=_policy(entry, listener_policy),
             extra={k: v for k, v in entry.items() if k not in PROVIDER_KEYS}))
 
+    access = raw.get("access_log") or {}
     aliases = {name: (spec["target"], *spec.get("fallbacks", ())) for name, spec in (raw.get("model_aliases") or {}).items()}
     return Config(path=path, address=listener.get("address", "0.0.0.0"), port=listener.get("port", 12000),
                   max_body_bytes=parse_size(listener.get("max_body_size", DEFAULT_MAX_BODY)),
+                  access_log_file=access.get("file"), log_content=bool(access.get("content")),
                   providers=providers, aliases=aliases,
                   rules_dirs=[str((path.parent / d).resolve()) for d in raw.get("rules") or ()], warnings=warnings)
 

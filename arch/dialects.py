@@ -37,6 +37,7 @@ class Dialect:
         self.named_events = stream["framing"] == "named"
         self.stream_literals = {s.encode() for s in stream.get("literals", ())}
         self.end_markers = [m.encode() for m in stream["end_markers"]]
+        self._usage = compile_expr(spec["usage"], options, f"{where}: usage")
         err = spec["error"]
         self._error_message = compile_expr(err["message"], options, f"{where}: error.message")
         self._error_status = compile_expr(err["status"], options, f"{where}: error.status")
@@ -58,6 +59,10 @@ class Dialect:
             return self._error_message(json.loads(body)) or None
         except (ValueError, TypeError, AttributeError):
             return None
+
+    def usage(self, usage):
+        """A usage object of this dialect as {input, output, cached} (input includes cached)."""
+        return self._usage(usage) if usage else None
 
     def frame(self, event):
         if isinstance(event, str):

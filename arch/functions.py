@@ -253,10 +253,15 @@ class RuleFunctions(functions.Functions):
         super().__init__()
         self.tables = {name: {str(k): v for k, v in table.items()} for name, table in (tables or {}).items()}
 
-    @functions.signature({"types": ["string"]}, {"types": []}, {"types": [], "optional": True})
+    # lookup(table, key[, default]): jmespath has no optional arguments, so `key` is variadic
+    @functions.signature({"types": ["string"]}, {"types": [], "variadic": True})
     def _func_lookup(self, table, key, default=None):
         value = self.tables[table].get(key if isinstance(key, str) else to_json(key))
         return default if value is None else value
+
+    @functions.signature({"types": ["string"]})
+    def _func_trim(self, text):
+        return text.strip()
 
     @functions.signature()
     def _func_now(self):

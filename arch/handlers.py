@@ -9,14 +9,17 @@ import asyncio
 import json
 import logging
 import re
+import time
 import uuid
 
 from tornado.web import HTTPError, RequestHandler
 
-from . import schemas
+from tornado.ioloop import IOLoop
+
+from . import observe, schemas
 from .errors import GatewayError
 from .functions import estimate_tokens
-from .stream import Passthrough, StreamBroken, Translate
+from .stream import Passthrough, StreamBroken, Translate, find_usage
 from .upstream import Call, UpstreamError
 
 log = logging.getLogger("arch")
@@ -47,7 +50,7 @@ class Base(RequestHandler):
     def send_json(self, status, body):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False))
+        self.finish(body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode())
 
     def send_error_json(self, error):
         for k, v in error.headers.items():
@@ -109,25 +112,69 @@ class Models(Base):
         self.send_json(200, {"object": "list", "data": data})
 
 
+class Metrics(Base):
+    """GET /metrics: Prometheus text format (all workers' numbers under --workers N)."""
+
+    def get(self):
+        body, content_type = observe.metrics_text()
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
+class Usage(Base):
+    """GET /v1/usage: tokens and cost so far, by model and alias."""
+
+    def get(self):
+        self.send_json(200, observe.usage_summary())
+
+
 class Chat(Base):
     """POST /v1/chat/completions (dialect openai) and POST /v1/messages (anthropic)."""
 
     call = None
+    exchange = None
     client_gone = False
+
+    def prepare(self):
+        super().prepare()
+        self.record = record = observe.new_record(self.request.path, self.dialect)
+        record["request_id"] = self.request_id
+        record["bytes_in"] = len(self.request.body)
+
+    def write(self, chunk):
+        self.record["bytes_out"] += len(chunk)
+        super().write(chunk)
 
     async def post(self):
         self.gateway.inflight += 1
+        observe.INFLIGHT.inc()
         try:
-            body = self._body()
-            client = self.runtime.rules.dialects[self.dialect]
-            client.validate(body)
-            route = self.runtime.routes.resolve(body["model"])
-            await self._forward(client, body, route)
+            await self._serve()
         except GatewayError as e:
+            self.record["error"] = e.message
             if not self._finished and not self.client_gone:
                 self.send_error_json(e)
         finally:
             self.gateway.inflight -= 1
+            observe.INFLIGHT.dec()
+            exchange = self.exchange
+            if exchange is not None and exchange.committed:  # a stream, however it ended
+                observe.STREAMS.dec()
+                self.record["usage"] = exchange.provider.usage(exchange.relay.usage)
+            self.record["status"] = self.get_status() if self._finished else 499  # 499: the client left first
+            observe.done(self.record, self.runtime.rules.prices, self.request.remote_ip,
+                         self.request.body.decode("utf-8", "replace") if self.runtime.config.log_content else None)
+
+    async def _serve(self):
+        body = self._body()
+        client = self.runtime.rules.dialects[self.dialect]
+        client.validate(body)
+        self.record["requested_model"] = name = body["model"]
+        self.record["stream"] = body.get("stream") is True
+        route = self.runtime.routes.resolve(name)
+        if name in self.runtime.routes.aliases:
+            self.record["alias"] = name
+        await self._forward(client, body, route)
 
     def _body(self):
         limit = self.runtime.config.max_body_bytes
@@ -160,7 +207,10 @@ class Chat(Base):
         """Try the route's targets in order, each with its retries, until one
         answers. Retries and fallbacks happen only before the first byte
         reached the client: a stream is committed only on a 2xx."""
+        record = self.record
         for target in route:
+            if target is not route[0]:
+                record["fallback"] = route[0].model
             for attempt in range(target.policy.max_retries + 1):
                 try:
                     return await self._attempt(client, body, target)
@@ -174,6 +224,8 @@ class Chat(Base):
                     if delay is None:  # the provider asked for a longer wait than is worth it
                         break
                     log.info("%s: %s; retry %d in %.2fs", self.request_id, e.message, attempt + 1, delay)
+                    record["retries"] += 1
+                    observe.RETRIES.labels(target.provider, target.model).inc()
                     await asyncio.sleep(delay)
                     if self.client_gone:
                         return
@@ -188,7 +240,8 @@ class Chat(Base):
         if body.get("stream") is True:
             relay = (Translate(translation.stream, {"model": target.model, "request": body}, client, provider)
                      if translation else Passthrough(client))
-        exchange = _Exchange(self, client, provider, relay)
+        self.exchange = exchange = _Exchange(self, client, provider, relay)
+        self.record["provider"], self.record["model"] = target.provider, target.model
         self.set_header("x-arch-upstream-model", target.model)
         if not await self._send(target, target.url, data, exchange):
             return
@@ -198,10 +251,14 @@ class Chat(Base):
             raw = b"".join(exchange.buffer)
             if translation:
                 try:
-                    raw = translation.response(json.loads(raw))
+                    out = translation.response(json.loads(raw))
                 except ValueError:
                     raise GatewayError(502, f"provider for '{target.name}' sent a response that is not JSON") from None
-            self.send_json(200, raw)
+                self.record["usage"] = client.usage(out.get("usage"))
+                self.send_json(200, out)
+            else:
+                self.record["usage"] = client.usage(find_usage(raw))
+                self.send_json(200, raw)
         else:
             raise self._upstream_error(client, provider, exchange)
 
@@ -213,9 +270,11 @@ class Chat(Base):
             if name in self.request.headers:
                 headers[name] = self.request.headers[name]
         self.call = Call(exchange.on_head, exchange.on_data)
+        started = IOLoop.current().time()
         try:
             await self.gateway.pool.send(self.call, "POST", url, headers, data, target.policy.timeouts)
         except UpstreamError as e:
+            observe.UPSTREAM_ERRORS.labels(target.provider, target.model, e.kind).inc()
             if exchange.committed and not self.client_gone:
                 exchange.fail(str(e))
             if exchange.committed or self.client_gone:
@@ -223,13 +282,19 @@ class Chat(Base):
             error = GatewayError(504 if e.kind == "timeout" else 502, f"provider for '{target.name}' failed: {e}")
             error.retryable = e.kind != "timeout"  # a timeout already cost its full wait
             raise error from None
+        finally:
+            observe.UPSTREAM.labels(target.provider, target.model).observe(IOLoop.current().time() - started)
         return not self.client_gone
 
     def _upstream_error(self, client, provider, exchange):
         """A provider's error as a GatewayError: its status and retry hints kept,
         its body kept as-is for a client of the same dialect, else its message."""
-        raw = _KEYLIKE.sub(b"[redacted]", b"".join(exchange.buffer))
+        raw = b"".join(exchange.buffer)
+        for key in self.runtime.secrets:  # the configured keys themselves, whatever their shape
+            raw = raw.replace(key, b"[redacted]")
+        raw = _KEYLIKE.sub(b"[redacted]", raw)
         status = self.call.status
+        observe.UPSTREAM_ERRORS.labels(self.record["provider"], self.record["model"], f"http_{status}").inc()
         message = provider.error_message(raw)
         error = GatewayError(status, message or f"the provider answered HTTP {status}: "
                                                 f"{raw[:300].decode('utf-8', 'replace')}", headers=exchange.headers)
@@ -289,6 +354,7 @@ class _Exchange:
             h.set_header("Content-Type", "text/event-stream; charset=utf-8")
             h.set_header("Cache-Control", "no-cache")
             self.committed = True
+            observe.STREAMS.inc()
             self._write(self.relay.start())
 
     def on_data(self, chunk):
@@ -304,6 +370,8 @@ class _Exchange:
     def _write(self, data):
         h = self.handler
         if data and not h.client_gone and not h._finished:
+            if h.record["ttft"] is None:
+                h.record["ttft"] = time.perf_counter() - h.record["start"]
             h.write(data)
             h.flush()
 
@@ -315,7 +383,12 @@ class _Exchange:
             return self.fail(str(e))
         if not self.relay.ended:
             return self.fail("the provider closed the stream before it was complete")
-        self.handler.finish()
+        self._close()
+
+    def _close(self):
+        h = self.handler
+        if not h._finished and not h.client_gone:
+            h.finish()
 
     def fail(self, message):
         """An in-stream error in the client's dialect, then a clean close (never a silent end)."""
@@ -323,6 +396,7 @@ class _Exchange:
         if h._finished:
             return
         log.warning("stream %s: %s", h.request_id, message)
+        h.record["error"] = message
         _, body = self.client.render_error(502, message, None, h.request_id)
         self._write(self.client.frame(body))
-        h.finish()
+        self._close()

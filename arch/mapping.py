@@ -3,7 +3,8 @@
 Three shapes appear in the rules files:
 - an expression: a JMESPath string (a YAML number or boolean is a constant);
 - a mapping: `{output field: expression or nested mapping}`; a field whose
-  value comes out null is left out, so optional fields stay absent;
+  value comes out null is left out, so optional fields stay absent (a field
+  written as YAML `null` is always present, as null);
 - steps (for stream state machines): a list of `{if, set, emit, use, end}`,
   where `use` runs a named procedure (a list of steps) of the same file.
 Every expression is compiled here at load; requests only call the results.
@@ -27,13 +28,13 @@ def compile_expr(text, options, where):
 def compile_mapping(spec, options, where):
     if not isinstance(spec, dict):
         return compile_expr(spec, options, where)
-    fields = [(key, compile_mapping(value, options, f"{where}.{key}")) for key, value in spec.items()]
+    fields = [(key, compile_mapping(value, options, f"{where}.{key}"), value is None) for key, value in spec.items()]
 
     def apply(root):
         out = {}
-        for key, fn in fields:
+        for key, fn, always in fields:
             value = fn(root)
-            if value is not None:
+            if value is not None or always:
                 out[key] = value
         return out
 

@@ -35,10 +35,11 @@ class ProviderRule:
 
 
 class RuleSet:
-    def __init__(self, dialects, translations, providers, files):
+    def __init__(self, dialects, translations, providers, prices, files):
         self.dialects = dialects
         self.translations = translations
         self.providers = providers
+        self.prices = prices
         self.files = files
 
     def translation(self, client, provider):
@@ -68,7 +69,8 @@ def load_rules(dirs=()):
         except (OSError, yaml.YAMLError) as e:
             problems.append(f"{f}: {e}")
             continue
-        kind = "provider" if rel.startswith("providers/") else "translation" if "_to_" in rel else "dialect"
+        kind = ("prices" if rel == "prices.yaml" else "provider" if rel.startswith("providers/")
+                else "translation" if "_to_" in rel else "dialect")
         found = schemas.problems(f"rules_{kind}.schema.yaml", spec, str(f))
         if found:
             problems.extend(found)
@@ -77,10 +79,12 @@ def load_rules(dirs=()):
     if problems:
         raise ConfigError(problems)
 
-    dialects, translations, providers, provider_files = {}, {}, {}, {}
+    dialects, translations, providers, provider_files, prices = {}, {}, {}, {}, {}
     for rel, (kind, spec, f) in specs.items():
         try:
-            if kind == "dialect":
+            if kind == "prices":
+                prices = spec or {}
+            elif kind == "dialect":
                 dialects[spec["name"]] = Dialect(spec, str(f))
             elif kind == "translation":
                 translations[spec["client"], spec["provider"]] = Translation(spec, str(f))
@@ -97,4 +101,4 @@ def load_rules(dirs=()):
                 problems.append(f"rules: no translation from {a} clients to {b} providers (dialects/{a}_to_{b}.yaml)")
     if problems:
         raise ConfigError(problems)
-    return RuleSet(dialects, translations, providers, files=[str(f) for _, _, f in specs.values()])
+    return RuleSet(dialects, translations, providers, prices, files=[str(f) for _, _, f in specs.values()])

@@ -17,6 +17,13 @@ class Runtime:
     routes: Routes
     warnings: list
 
+    @property
+    def secrets(self):
+        """The configured provider keys, longest first, to scrub from what providers echo back
+        (placeholders shorter than 8 characters, like Ollama's "ollama", are no secret)."""
+        keys = {p.access_key for p in self.config.providers if p.access_key and len(p.access_key) >= 8}
+        return sorted((k.encode() for k in keys), key=len, reverse=True)
+
 
 def build(config_path, rules_dirs=()):
     config = load_config(config_path)

@@ -9,7 +9,7 @@ from tornado.netutil import bind_sockets
 from tornado.process import fork_processes
 from tornado.web import Application
 
-from . import handlers
+from . import handlers, observe
 from .errors import ConfigError
 from .rules import BUILTIN
 from .runtime import build
@@ -60,12 +60,15 @@ class Gateway:
             runtime = build(self.config_path, self.rules_dirs)
         except ConfigError as e:
             log.error("reload rejected, still serving the previous configuration:\n  %s", "\n  ".join(e.problems))
+            observe.RELOADS.labels("failure").inc()
             return False
         except Exception:  # a rules file that breaks the loader itself must not take the gateway down
             log.exception("reload rejected, still serving the previous configuration")
+            observe.RELOADS.labels("failure").inc()
             return False
         self.runtime = runtime
         self._seen = self._fingerprint()
+        observe.RELOADS.labels("success").inc()
         for w in runtime.warnings:
             log.warning("%s", w)
         log.info("configuration reloaded from %s", self.config_path)
@@ -79,12 +82,16 @@ class Gateway:
             (r"/v1/messages/count_tokens", handlers.CountTokens, args),
             (r"/v1/models", handlers.Models, args),
             (r"/healthz", handlers.Health, args),
+            (r"/metrics", handlers.Metrics, args),
+            (r"/v1/usage", handlers.Usage, args),
         ], default_handler_class=handlers.NotFound, default_handler_args=args, log_function=_access_log)
 
 
 def _access_log(handler):
-    log.info("%d %s %s %.1fms", handler.get_status(), handler.request.method, handler.request.uri,
-             1000 * handler.request.request_time())
+    """Chat requests write their own JSON access line (observe.done); the rest a short one."""
+    if not isinstance(handler, handlers.Chat):
+        log.debug("%d %s %s %.1fms", handler.get_status(), handler.request.method, handler.request.uri,
+                  1000 * handler.request.request_time())
 
 
 def serve(gateway, workers=1, drain_seconds=30.0):

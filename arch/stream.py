@@ -9,8 +9,24 @@ stream that ends early into the client dialect's in-stream error, because a
 silent clean end would make truncation look like success.
 """
 import json
+import re
 
 from .mapping import run_steps, truthy
+
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_decode = json.JSONDecoder().raw_decode
+
+
+def find_usage(data):
+    """The last `"usage": {...}` object in a JSON body or SSE bytes, without
+    parsing the rest (the pass-through path never parses the answer)."""
+    found = None
+    for m in _USAGE.finditer(data):
+        try:
+            found, _ = _decode(data[m.end() - 1:].decode("utf-8", "replace"))
+        except ValueError:
+            pass
+    return found
 
 
 class SSEParser:
@@ -77,6 +93,11 @@ class Translate:
     def state(self):
         return self.root["s"]
 
+    @property
+    def usage(self):
+        """Translations keep the provider's usage object in `s.usage`."""
+        return self.root["s"].get("usage")
+
     def start(self):
         self._run(self.program.start, None)
         return self._take()
@@ -140,6 +161,7 @@ class Passthrough:
         self.keep = max(map(len, self.markers), default=0)
         self.tail = b""
         self.ended = False
+        self.usage = None
 
     def start(self):
         return b""
@@ -149,6 +171,10 @@ class Passthrough:
             window = self.tail + chunk
             self.ended = any(m in window for m in self.markers)
             self.tail = window[-self.keep:]
+        if b'"usage"' in chunk:  # Anthropic splits it over message_start and message_delta: merge
+            usage = find_usage(chunk)
+            if usage:
+                self.usage = {**(self.usage or {}), **usage}
         return chunk
 
     def finish(self):

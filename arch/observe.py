@@ -1,0 +1,131 @@
+"""What operators see: Prometheus metrics, one JSON access-log line per
+request, token usage and its cost.
+
+Handlers fill a plain `record` dict as a request goes; `Observer.done` turns
+it into metrics, a log line and a span. Under `--workers N` the metrics live
+in prometheus_client's multiprocess files (PROMETHEUS_MULTIPROC_DIR, set by
+the CLI before this module is imported), so any worker answers a scrape with
+the sum of all of them, and `/v1/usage` is read from the same counters.
+"""
+import json
+import logging
+import os
+import time
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest)
+from prometheus_client import multiprocess
+
+access_log = logging.getLogger("arch.access")
+
+LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
+
+REQUESTS = Counter("arch_requests_total", "Requests answered",
+                   ["endpoint", "dialect", "alias", "model", "provider", "status"])
+LATENCY = Histogram("arch_request_duration_seconds", "Whole request, as the client saw it",
+                    ["endpoint", "dialect", "model", "provider", "stream"], buckets=LATENCY_BUCKETS)
+TTFT = Histogram("arch_time_to_first_token_seconds", "From request to the first byte of the answer",
+                 ["dialect", "model", "provider", "stream"], buckets=TTFT_BUCKETS)
+UPSTREAM = Histogram("arch_upstream_duration_seconds", "Provider calls, each attempt",
+                     ["provider", "model"], buckets=LATENCY_BUCKETS)
+TOKENS = Counter("arch_tokens_total", "Tokens by kind (input includes cached)", ["model", "alias", "provider", "kind"])
+COST = Counter("arch_cost_usd_total", "Cost in USD from rules/prices.yaml", ["model", "alias", "provider"])
+RETRIES = Counter("arch_retries_total", "Attempts repeated on the same model", ["provider", "model"])
+FALLBACKS = Counter("arch_fallbacks_total", "Requests answered by a fallback", ["from_model", "to_model"])
+UPSTREAM_ERRORS = Counter("arch_upstream_errors_total", "Provider failures", ["provider", "model", "type"])
+INFLIGHT = Gauge("arch_inflight_requests", "Requests in flight", multiprocess_mode="livesum")
+STREAMS = Gauge("arch_inflight_streams", "Streams in flight", multiprocess_mode="livesum")
+RELOADS = Counter("arch_config_reloads_total", "Configuration reloads", ["result"])
+
+
+def registry():
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        reg = CollectorRegistry()
+        multiprocess.MultiProcessCollector(reg)
+        return reg
+    from prometheus_client import REGISTRY
+    return REGISTRY
+
+
+def metrics_text():
+    return generate_latest(registry()), CONTENT_TYPE_LATEST
+
+
+def new_record(endpoint, dialect):
+    return {"time": time.time(), "start": time.perf_counter(), "endpoint": endpoint, "dialect": dialect,
+            "requested_model": None, "alias": None, "provider": None, "model": None, "status": None,
+            "stream": False, "ttft": None, "usage": None, "retries": 0, "fallback": None,
+            "bytes_in": 0, "bytes_out": 0, "error": None}
+
+
+def cost(prices, model, usage):
+    """USD for `usage` ({input, output, cached}) at the model's price per million tokens."""
+    price = prices.get(model)
+    if not price or not usage:
+        return None
+    cached = usage.get("cached") or 0
+    fresh = max((usage.get("input") or 0) - cached, 0)
+    return (fresh * price.get("input", 0) + cached * price.get("cached_input", price.get("input", 0))
+            + (usage.get("output") or 0) * price.get("output", 0)) / 1e6
+
+
+def done(record, prices, client_address, log_content=None):
+    """Account for one finished request: metrics and the access-log line."""
+    elapsed = time.perf_counter() - record["start"]
+    model, provider, alias = record["model"] or "", record["provider"] or "", record["alias"] or ""
+    status = str(record["status"])
+    stream = "true" if record["stream"] else "false"
+    REQUESTS.labels(record["endpoint"], record["dialect"], alias, model, provider, status).inc()
+    LATENCY.labels(record["endpoint"], record["dialect"], model, provider, stream).observe(elapsed)
+    if record["ttft"] is not None:
+        TTFT.labels(record["dialect"], model, provider, stream).observe(record["ttft"])
+    usage = record["usage"]
+    usd = cost(prices, model, usage)
+    if usage:
+        for kind in ("input", "output", "cached"):
+            if usage.get(kind):
+                TOKENS.labels(model, alias, provider, kind).inc(usage[kind])
+    if usd:
+        COST.labels(model, alias, provider).inc(usd)
+    if record["fallback"]:
+        FALLBACKS.labels(record["fallback"], model).inc()
+    if access_log.isEnabledFor(logging.INFO):
+        line = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record["time"])) + f".{int(record['time'] * 1000) % 1000:03d}Z",
+            "request_id": record.get("request_id"), "endpoint": record["endpoint"], "dialect": record["dialect"],
+            "requested_model": record["requested_model"], "alias": record["alias"], "provider": record["provider"],
+            "model": record["model"], "status": record["status"], "stream": record["stream"],
+            "latency_ms": round(elapsed * 1000, 2),
+            "ttft_ms": None if record["ttft"] is None else round(record["ttft"] * 1000, 2),
+            "input_tokens": (usage or {}).get("input"), "output_tokens": (usage or {}).get("output"),
+            "cached_tokens": (usage or {}).get("cached"), "cost_usd": None if usd is None else round(usd, 8),
+            "retries": record["retries"], "fallback_from": record["fallback"], "bytes_in": record["bytes_in"],
+            "bytes_out": record["bytes_out"], "client": client_address, "error": record["error"],
+        }
+        if log_content is not None:
+            line["content"] = log_content
+        access_log.info(json.dumps(line, ensure_ascii=False))
+
+
+def usage_summary():
+    """Tokens and cost by model and alias, read back from the counters."""
+    rows = {}
+    for family in registry().collect():
+        if family.name not in ("arch_tokens", "arch_cost_usd"):
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            labels = sample.labels
+            key = (labels["model"], labels["alias"], labels["provider"])
+            row = rows.setdefault(key, {"model": key[0], "alias": key[1] or None, "provider": key[2],
+                                        "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "cost_usd": 0.0})
+            if family.name == "arch_cost_usd":
+                row["cost_usd"] = round(row["cost_usd"] + sample.value, 8)
+            else:
+                row[f"{labels['kind']}_tokens"] += int(sample.value)
+    data = sorted(rows.values(), key=lambda r: (r["model"], r["alias"] or ""))
+    total = {k: sum(r[k] for r in data) for k in ("input_tokens", "output_tokens", "cached_tokens", "cost_usd")}
+    total["cost_usd"] = round(total["cost_usd"], 8)
+    return {"object": "usage", "data": data, "total": total}
