@@ -17,7 +17,7 @@ from . import schemas
 from .errors import ConfigError
 
 VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-UNSUPPORTED = ("tracing", "agents", "endpoints", "overrides", "system_prompt", "prompt_targets", "prompt_guards",
+UNSUPPORTED = ("agents", "endpoints", "overrides", "system_prompt", "prompt_targets", "prompt_guards",
                "ratelimits", "routing", "mode", "state_storage", "state_storage_v1_responses")
 # provider_interface values of the original Arch schema that name a provider differently here
 INTERFACE_ALIASES = {"claude": "anthropic", "arch": "openai"}
@@ -52,6 +52,7 @@ class Config:
     address: str
     port: int
     max_body_bytes: int
+    tracing: dict | None
     access_log_file: str | None
     log_content: bool
     providers: list
@@ -128,6 +129,8 @@ def load_config(path):
 
     env = {**read_dotenv(path.parent / ".env"), **os.environ}
     warnings = [f"{where}: {key}: not supported yet (ignored)" for key in UNSUPPORTED if key in raw]
+    if "trace_arch_internal" in (raw.get("tracing") or {}):
+        warnings.append(f"{where}: tracing.trace_arch_internal: not supported yet (ignored)")
     listener = _listener(raw["listeners"], warnings, where)
     listener_policy = _policy(listener, DEFAULT_POLICY)
 
@@ -151,7 +154,7 @@ def load_config(path):
     aliases = {name: (spec["target"], *spec.get("fallbacks", ())) for name, spec in (raw.get("model_aliases") or {}).items()}
     return Config(path=path, address=listener.get("address", "0.0.0.0"), port=listener.get("port", 12000),
                   max_body_bytes=parse_size(listener.get("max_body_size", DEFAULT_MAX_BODY)),
-                  access_log_file=access.get("file"), log_content=bool(access.get("content")),
+                  tracing=raw.get("tracing"), access_log_file=access.get("file"), log_content=bool(access.get("content")),
                   providers=providers, aliases=aliases,
                   rules_dirs=[str((path.parent / d).resolve()) for d in raw.get("rules") or ()], warnings=warnings)
 

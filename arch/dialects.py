@@ -37,6 +37,10 @@ class Dialect:
         self.named_events = stream["framing"] == "named"
         self.stream_literals = {s.encode() for s in stream.get("literals", ())}
         self.end_markers = [m.encode() for m in stream["end_markers"]]
+        usage = stream.get("usage") or {}
+        self.usage_asked = compile_expr(usage["asked"], options, f"{where}: stream.usage.asked") if usage else None
+        self.usage_request = compile_expr(usage["request"], options, f"{where}: stream.usage.request") if usage else None
+        self.usage_event = compile_expr(usage["event"], options, f"{where}: stream.usage.event") if usage else None
         self._usage = compile_expr(spec["usage"], options, f"{where}: usage")
         err = spec["error"]
         self._error_message = compile_expr(err["message"], options, f"{where}: error.message")
@@ -63,6 +67,15 @@ class Dialect:
     def usage(self, usage):
         """A usage object of this dialect as {input, output, cached} (input includes cached)."""
         return self._usage(usage) if usage else None
+
+    def needs_usage_request(self, body):
+        """A streaming request that will not get usage unless the gateway asks for it."""
+        return self.usage_request is not None and body.get("stream") is True and not truthy(self.usage_asked(body))
+
+    def frame_raw(self, name, data):
+        if self.named_events and name:
+            return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+        return b"data: " + data + b"\n\n"
 
     def frame(self, event):
         if isinstance(event, str):

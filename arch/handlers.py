@@ -20,6 +20,7 @@ from . import observe, schemas
 from .errors import GatewayError
 from .functions import estimate_tokens
 from .stream import Passthrough, StreamBroken, Translate, find_usage
+from .tracing import tracer
 from .upstream import Call, UpstreamError
 
 log = logging.getLogger("arch")
@@ -140,6 +141,7 @@ class Chat(Base):
         self.record = record = observe.new_record(self.request.path, self.dialect)
         record["request_id"] = self.request_id
         record["bytes_in"] = len(self.request.body)
+        record["trace"] = tracer.start(self.request.headers.get("traceparent"))
 
     def write(self, chunk):
         self.record["bytes_out"] += len(chunk)
@@ -189,19 +191,22 @@ class Chat(Base):
             raise GatewayError(400, f"the request body is not valid JSON ({e}; content-type: {ctype})") from None
 
     def _upstream_request(self, client, body, target):
-        """(bytes to send, Translation or None)."""
+        """(bytes to send, Translation or None, whether usage was asked for the client)."""
         if target.missing_key:
             raise GatewayError(500, f"the gateway has no API key for '{target.name}': environment variable "
                                     f"{target.missing_key} is not set")
         translation = self.runtime.rules.translation(client.name, target.dialect)
-        if translation is None and body["model"] == target.model and not target.rename:
-            return self.request.body, None  # fast path: the client's bytes go out untouched
+        ask_usage = translation is None and client.needs_usage_request(body)
+        if translation is None and not ask_usage and body["model"] == target.model and not target.rename:
+            return self.request.body, None, False  # fast path: the client's bytes go out untouched
         out = translation.request(body) if translation else dict(body)
         out["model"] = target.model
+        if ask_usage:  # for accounting; the extra event is not passed on (Passthrough strip)
+            out.update(client.usage_request(body))
         for old, new in target.rename.items():
             if old in out:
                 out[new] = out.pop(old)
-        return json.dumps(out, ensure_ascii=False).encode(), translation
+        return json.dumps(out, ensure_ascii=False).encode(), translation, ask_usage
 
     async def _forward(self, client, body, route):
         """Try the route's targets in order, each with its retries, until one
@@ -234,12 +239,12 @@ class Chat(Base):
         raise failure
 
     async def _attempt(self, client, body, target):
-        data, translation = self._upstream_request(client, body, target)
+        data, translation, ask_usage = self._upstream_request(client, body, target)
         provider = self.runtime.rules.dialects[target.dialect]
         relay = None
         if body.get("stream") is True:
             relay = (Translate(translation.stream, {"model": target.model, "request": body}, client, provider)
-                     if translation else Passthrough(client))
+                     if translation else Passthrough(client, strip=ask_usage))
         self.exchange = exchange = _Exchange(self, client, provider, relay)
         self.record["provider"], self.record["model"] = target.provider, target.model
         self.set_header("x-arch-upstream-model", target.model)
@@ -269,6 +274,11 @@ class Chat(Base):
         for name in target.forward_headers:
             if name in self.request.headers:
                 headers[name] = self.request.headers[name]
+        trace = self.record["trace"]
+        if trace:  # the provider's spans nest under ours
+            headers["traceparent"] = f"00-{trace[0]}-{trace[1]}-01"
+        elif "traceparent" in self.request.headers:
+            headers["traceparent"] = self.request.headers["traceparent"]
         self.call = Call(exchange.on_head, exchange.on_data)
         started = IOLoop.current().time()
         try:
@@ -323,7 +333,7 @@ class CountTokens(Chat):
             if target.count_tokens_url is None:
                 return self.send_json(200, {"input_tokens": estimate_tokens(body)})
             client = self.runtime.rules.dialects[self.dialect]
-            data, _ = self._upstream_request(client, body, target)
+            data, _, _ = self._upstream_request(client, body, target)
             exchange = _Exchange(self, client, client, None)
             if await self._send(target, target.count_tokens_url, data, exchange):
                 if not 200 <= self.call.status < 300:

@@ -16,6 +16,8 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
                                generate_latest)
 from prometheus_client import multiprocess
 
+from .tracing import tracer
+
 access_log = logging.getLogger("arch.access")
 
 LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -56,7 +58,7 @@ def new_record(endpoint, dialect):
     return {"time": time.time(), "start": time.perf_counter(), "endpoint": endpoint, "dialect": dialect,
             "requested_model": None, "alias": None, "provider": None, "model": None, "status": None,
             "stream": False, "ttft": None, "usage": None, "retries": 0, "fallback": None,
-            "bytes_in": 0, "bytes_out": 0, "error": None}
+            "bytes_in": 0, "bytes_out": 0, "error": None, "trace": None}
 
 
 def cost(prices, model, usage):
@@ -90,6 +92,8 @@ def done(record, prices, client_address, log_content=None):
         COST.labels(model, alias, provider).inc(usd)
     if record["fallback"]:
         FALLBACKS.labels(record["fallback"], model).inc()
+    if record["trace"]:
+        tracer.end(record["trace"], record, elapsed)
     if access_log.isEnabledFor(logging.INFO):
         line = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record["time"])) + f".{int(record['time'] * 1000) % 1000:03d}Z",

@@ -31,7 +31,9 @@ def problems(schema_name, data, where):
     """Every schema violation in `data`, each as '<where>: <path>: <message>'."""
     found = []
     for error in sorted(validator(schema_name).iter_errors(data), key=lambda e: list(map(str, e.path))):
-        path = json_path(error.path) or "(top level)"
+        if error.context:  # oneOf/anyOf: name the field inside the closest branch, not the whole subtree
+            error = jsonschema.exceptions.best_match([error])
+        path = json_path(error.absolute_path) or "(top level)"
         found.append(f"{where}: {path}: {error.message}")
     return found
 

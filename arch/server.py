@@ -13,6 +13,7 @@ from . import handlers, observe
 from .errors import ConfigError
 from .rules import BUILTIN
 from .runtime import build
+from .tracing import tracer
 from .upstream import Pool
 
 log = logging.getLogger("arch")
@@ -25,6 +26,7 @@ class Gateway:
     def __init__(self, config_path, rules_dirs=()):
         self.config_path, self.rules_dirs = config_path, list(rules_dirs)
         self.runtime = build(config_path, self.rules_dirs)
+        tracer.configure(self.runtime.config.tracing)
         self.pool = Pool()
         self.inflight = 0
         self._seen = self._fingerprint()
@@ -67,6 +69,7 @@ class Gateway:
             observe.RELOADS.labels("failure").inc()
             return False
         self.runtime = runtime
+        tracer.configure(runtime.config.tracing)
         self._seen = self._fingerprint()
         observe.RELOADS.labels("success").inc()
         for w in runtime.warnings:

@@ -18,14 +18,16 @@ _decode = json.JSONDecoder().raw_decode
 
 
 def find_usage(data):
-    """The last `"usage": {...}` object in a JSON body or SSE bytes, without
-    parsing the rest (the pass-through path never parses the answer)."""
+    """The `"usage": {...}` objects in a JSON body or SSE bytes, merged in
+    order (Anthropic streams split usage over message_start and message_delta),
+    without parsing the rest: the pass-through path never parses the answer."""
     found = None
     for m in _USAGE.finditer(data):
         try:
-            found, _ = _decode(data[m.end() - 1:].decode("utf-8", "replace"))
+            usage, _ = _decode(data[m.end() - 1:].decode("utf-8", "replace"))
         except ValueError:
-            pass
+            continue
+        found = {**(found or {}), **usage}
     return found
 
 
@@ -154,28 +156,50 @@ class Translate:
 
 class Passthrough:
     """Same dialect both sides: bytes go straight through. Only the tail is
-    watched, for the dialect's end marker, to catch a provider that stops early."""
+    watched, for the dialect's end marker, to catch a provider that stops early.
 
-    def __init__(self, dialect):
+    With `strip`, the gateway asked the provider for usage the client did not
+    ask for: events are parsed so that the usage-only event (the dialect's
+    `stream.usage.event`) is kept for accounting and not passed on."""
+
+    def __init__(self, dialect, strip=False):
+        self.dialect = dialect
         self.markers = dialect.end_markers
         self.keep = max(map(len, self.markers), default=0)
         self.tail = b""
         self.ended = False
         self.usage = None
+        self.parser = SSEParser() if strip else None
 
     def start(self):
         return b""
 
+    def _strip(self, events):
+        out = []
+        for name, data in events:
+            if b'"usage"' in data and data not in self.dialect.stream_literals:
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    event = None
+                if isinstance(event, dict) and truthy(self.dialect.usage_event(event)):
+                    self.usage = event.get("usage")
+                    continue
+            out.append(self.dialect.frame_raw(name, data))
+        return b"".join(out)
+
     def feed(self, chunk):
+        if self.parser is not None:
+            chunk = self._strip(self.parser.feed(chunk))
         if not self.ended:
             window = self.tail + chunk
             self.ended = any(m in window for m in self.markers)
             self.tail = window[-self.keep:]
-        if b'"usage"' in chunk:  # Anthropic splits it over message_start and message_delta: merge
+        if b'"usage"' in chunk:
             usage = find_usage(chunk)
             if usage:
                 self.usage = {**(self.usage or {}), **usage}
         return chunk
 
     def finish(self):
-        return b""
+        return self._strip(self.parser.close()) if self.parser is not None else b""
