@@ -136,20 +136,25 @@ def load_config(path):
 
     entries = raw.get("model_providers") or raw.get("llm_providers") or []
     key = "model_providers" if raw.get("model_providers") else "llm_providers"
-    providers = []
+    providers, unset = [], []
     for n, entry in enumerate(entries):
         for k in ("routing_preferences", "http_host"):
             if k in entry:
                 warnings.append(f"{where}: {key}[{n}].{k}: not supported yet (ignored)")
         access_key, missing = (expand(entry["access_key"], env) if "access_key" in entry else (None, []))
+        base_url, base_missing = expand(entry["base_url"], env) if entry.get("base_url") else (None, [])
+        if base_missing:  # never fall back to the provider's default host (a key could go to the wrong place)
+            unset.append(f"{where}: {key}[{n}].base_url: environment variable {base_missing[0]} is not set")
         providers.append(ProviderConfig(
             where=f"{where}: {key}[{n}]", name=entry.get("name") or entry["model"], model=entry["model"],
             interface=INTERFACE_ALIASES.get(entry.get("provider_interface"), entry.get("provider_interface")),
             access_key=access_key or None, missing_var=missing[0] if missing else None,
-            base_url=expand(entry["base_url"], env)[0] if entry.get("base_url") else None,
+            base_url=base_url or None,
             fallbacks=tuple(entry.get("fallbacks") or ()), policy=_policy(entry, listener_policy),
             extra={k: v for k, v in entry.items() if k not in PROVIDER_KEYS}))
 
+    if unset:
+        raise ConfigError(unset)
     access = raw.get("access_log") or {}
     aliases = {name: (spec["target"], *spec.get("fallbacks", ())) for name, spec in (raw.get("model_aliases") or {}).items()}
     return Config(path=path, address=listener.get("address", "0.0.0.0"), port=listener.get("port", 12000),

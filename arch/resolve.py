@@ -116,19 +116,22 @@ class Routes:
     (DESIGN.md): alias, provider `name`, full `provider/model` string, bare
     model id; built by laying each level over the one below it."""
 
-    def __init__(self, targets, aliases):
+    def __init__(self, targets, aliases, unserved=()):
         named = {}
         for t in reversed(targets):  # the first entry wins a shared bare id
             named[t.model] = t
         for t in targets:
             named[f"{t.provider}/{t.model}"] = t
             named[t.name] = t
-        problems = []
+        problems, self.warnings = [], []
 
         def chain(names, where):
             """The targets for these names, each followed by its own fallbacks, once each."""
             route = []
             for name in names:
+                if name in unserved:  # its provider is not supported: said once already, not fatal
+                    self.warnings.append(f"{where}: {name!r} is not served (unsupported provider)")
+                    continue
                 if name not in named:
                     problems.append(f"{where}: {name!r} is not a configured model")
                     continue
@@ -143,12 +146,14 @@ class Routes:
                 if f not in named:
                     problems.append(f"{t.name}: fallbacks: {f!r} is not a configured model")
         for alias, names in aliases.items():
-            table[alias] = chain(names, f"model_aliases.{alias}")
+            route = chain(names, f"model_aliases.{alias}")
+            if route:
+                table[alias] = route
         if problems:
             raise ConfigError(sorted(set(problems)))
         self.table = table
         self.targets = targets
-        self.aliases = {alias: names[0] for alias, names in aliases.items()}
+        self.aliases = {alias: names[0] for alias, names in aliases.items() if alias in table}
 
     def resolve(self, name):
         route = self.table.get(name) if isinstance(name, str) else None

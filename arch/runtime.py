@@ -28,13 +28,14 @@ class Runtime:
 def build(config_path, rules_dirs=()):
     config = load_config(config_path)
     rules = load_rules([*config.rules_dirs, *rules_dirs])
-    targets, warnings, problems = [], list(config.warnings), []
+    targets, warnings, problems, unserved = [], list(config.warnings), [], set()
     for cfg in config.providers:
         rule, model_id = provider_of(cfg, rules.providers)
         if rule is None:
             prefix = cfg.model.partition("/")[0]
             warnings.append(f"{cfg.where}.model: provider {prefix!r} is not supported (no rules/providers/{prefix}.yaml"
                             " and no provider_interface): this entry is not served")
+            unserved.update((cfg.name, cfg.model, cfg.model.partition("/")[2]))
             continue
         try:
             targets.append(make_target(cfg, rule, model_id))
@@ -44,7 +45,8 @@ def build(config_path, rules_dirs=()):
             warnings.append(f"{cfg.where}.access_key: environment variable {cfg.missing_var} is not set;"
                             f" requests to {cfg.name} will fail until it is")
     try:
-        routes = Routes(targets, config.aliases)
+        routes = Routes(targets, config.aliases, unserved)
+        warnings.extend(f"{config.path}: {w}" for w in routes.warnings)
     except ConfigError as e:
         problems.extend(f"{config.path}: {p}" for p in e.problems)
     if problems:
