@@ -80,7 +80,8 @@ class Dialect:
     def frame(self, event):
         if isinstance(event, str):
             return b"data: " + event.encode() + b"\n\n"
-        data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+        # a lone surrogate (half an emoji) has no UTF-8 form: write it back as its JSON escape
+        data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode(errors="backslashreplace")
         if self.named_events:
             return b"event: " + event.get("type", "message").encode() + b"\ndata: " + data + b"\n\n"
         return b"data: " + data + b"\n\n"

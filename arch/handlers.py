@@ -29,6 +29,13 @@ log = logging.getLogger("arch")
 _KEYLIKE = re.compile(rb"\b(sk|key|api[-_]?key)[-_][A-Za-z0-9_*.\-]{6,}", re.I)
 _RETRY_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504, 529}
+# A lone surrogate ("\ud83d" in the JSON text, half an emoji) has no UTF-8 form: write it back as that escape.
+_ESCAPE = "backslashreplace"
+
+
+def _not_json(constant):
+    """NaN and Infinity are not JSON (RFC 8259); Python would accept them and pass them on."""
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 class Base(RequestHandler):
@@ -51,7 +58,7 @@ class Base(RequestHandler):
     def send_json(self, status, body):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode())
+        self.finish(body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode(errors=_ESCAPE))
 
     def send_error_json(self, error):
         for k, v in error.headers.items():
@@ -64,6 +71,8 @@ class Base(RequestHandler):
 
     def write_error(self, status_code, **kwargs):
         """Errors Tornado raises itself (405, unexpected exceptions): same envelopes, no stack traces."""
+        if not hasattr(self, "request_id"):  # a body Tornado rejected (bad form encoding) before prepare()
+            Base.prepare(self)
         exc = kwargs.get("exc_info", (None, None))[1]
         message = exc.log_message if isinstance(exc, HTTPError) and exc.log_message else self._reason
         if status_code >= 500:
@@ -144,7 +153,8 @@ class Chat(Base):
         record["trace"] = tracer.start(self.request.headers.get("traceparent"))
 
     def write(self, chunk):
-        self.record["bytes_out"] += len(chunk)
+        if hasattr(self, "record"):  # not when Tornado rejected the request before prepare()
+            self.record["bytes_out"] += len(chunk)
         super().write(chunk)
 
     async def post(self):
@@ -183,7 +193,7 @@ class Chat(Base):
         if len(self.request.body) > limit:
             raise GatewayError(413, f"the request body is {len(self.request.body)} bytes; the limit is {limit}")
         try:
-            return json.loads(self.request.body)
+            return json.loads(self.request.body.decode("utf-8"), parse_constant=_not_json)
         except RecursionError:
             raise GatewayError(400, "the request body is nested too deeply") from None
         except ValueError as e:
@@ -206,7 +216,7 @@ class Chat(Base):
         for old, new in target.rename.items():
             if old in out:
                 out[new] = out.pop(old)
-        return json.dumps(out, ensure_ascii=False).encode(), translation, ask_usage
+        return json.dumps(out, ensure_ascii=False).encode(errors=_ESCAPE), translation, ask_usage
 
     async def _forward(self, client, body, route):
         """Try the route's targets in order, each with its retries, until one

@@ -50,6 +50,12 @@ def registry():
     return REGISTRY
 
 
+def process_exited(pid):
+    """A worker is gone: its live gauges no longer count (its counters still do)."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.mark_process_dead(pid)
+
+
 def metrics_text():
     return generate_latest(registry()), CONTENT_TYPE_LATEST
 

@@ -31,6 +31,10 @@ def build(config_path, rules_dirs=()):
     targets, warnings, problems, unserved = [], list(config.warnings), [], set()
     for cfg in config.providers:
         rule, model_id = provider_of(cfg, rules.providers)
+        if rule is None and cfg.interface:
+            problems.append(f"{cfg.where}.provider_interface: no provider rules named {cfg.interface!r}"
+                            f" (known: {', '.join(sorted(rules.providers))})")
+            continue
         if rule is None:
             prefix = cfg.model.partition("/")[0]
             warnings.append(f"{cfg.where}.model: provider {prefix!r} is not supported (no rules/providers/{prefix}.yaml"

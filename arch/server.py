@@ -1,12 +1,12 @@
 """The gateway process: routes, listening sockets, reload and shutdown."""
 import logging
+import os
 import signal
 from pathlib import Path
 
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.netutil import bind_sockets
-from tornado.process import fork_processes
 from tornado.web import Application
 
 from . import handlers, observe
@@ -26,6 +26,7 @@ class Gateway:
     def __init__(self, config_path, rules_dirs=()):
         self.config_path, self.rules_dirs = config_path, list(rules_dirs)
         self.runtime = build(config_path, self.rules_dirs)
+        self.listening = (self.runtime.config.address, self.runtime.config.port)  # fixed until a restart
         tracer.configure(self.runtime.config.tracing)
         self.pool = Pool()
         self.inflight = 0
@@ -74,6 +75,9 @@ class Gateway:
         observe.RELOADS.labels("success").inc()
         for w in runtime.warnings:
             log.warning("%s", w)
+        if (runtime.config.address, runtime.config.port) != self.listening:
+            log.warning("%s: listeners: address/port %s:%s takes a restart; still listening on %s:%s",
+                        self.config_path, runtime.config.address, runtime.config.port, *self.listening)
         log.info("configuration reloaded from %s", self.config_path)
         return True
 
@@ -100,8 +104,8 @@ def _access_log(handler):
 def serve(gateway, workers=1, drain_seconds=30.0):
     config = gateway.runtime.config
     sockets = bind_sockets(config.port, config.address, reuse_port=workers > 1)
-    if workers > 1:
-        fork_processes(workers)
+    if workers > 1 and _supervise(workers):
+        return  # the supervisor's workers have all exited
     # Bodies over the configured limit still get read (up to 4x) so the client hears a 413 in its dialect.
     server = HTTPServer(gateway.application(), max_body_size=4 * config.max_body_bytes,
                         idle_connection_timeout=300, body_timeout=120)
@@ -126,3 +130,49 @@ def serve(gateway, workers=1, drain_seconds=30.0):
     signal.signal(signal.SIGINT, lambda *a: loop.add_callback_from_signal(shutdown))
     signal.signal(signal.SIGHUP, lambda *a: loop.add_callback_from_signal(gateway.reload))
     loop.start()
+
+
+def _supervise(workers):
+    """Fork `workers` processes that serve the shared sockets; the parent stays
+    to pass SIGTERM/SIGINT/SIGHUP on to them, restart one that crashes, and
+    return True once all have exited after a shutdown. In a worker: False."""
+    children = {}
+    stopping = False
+
+    def spawn():
+        pid = os.fork()
+        if pid == 0:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            return True
+        children[pid] = True
+        return False
+
+    def forward(signum, _frame):
+        nonlocal stopping
+        stopping = stopping or signum in (signal.SIGTERM, signal.SIGINT)
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for _ in range(workers):
+        if spawn():
+            return False
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        children.pop(pid, None)
+        observe.process_exited(pid)
+        if not stopping and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            log.warning("worker %d exited (status %d); starting another", pid, status)
+            if spawn():
+                return False
+    return True

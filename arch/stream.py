@@ -155,8 +155,9 @@ class Translate:
 
 
 class Passthrough:
-    """Same dialect both sides: bytes go straight through. Only the tail is
-    watched, for the dialect's end marker, to catch a provider that stops early.
+    """Same dialect both sides: bytes go straight through, a whole event at a
+    time, each checked to be JSON (never translated). The tail is watched for
+    the dialect's end marker, to catch a provider that stops early.
 
     With `strip`, the gateway asked the provider for usage the client did not
     ask for: events are parsed so that the usage-only event (the dialect's
@@ -170,9 +171,33 @@ class Passthrough:
         self.ended = False
         self.usage = None
         self.parser = SSEParser() if strip else None
+        self.pending = b""          # the start of an event whose end has not arrived yet
+        self.checker = SSEParser()
 
     def start(self):
         return b""
+
+    def _whole(self, chunk):
+        """The complete events that have arrived, each checked to be a JSON object
+        (or a literal like `[DONE]`); the rest waits for its blank line. So a
+        malformed or cut event becomes the client's in-stream error, never bytes
+        its SDK cannot parse, and an error frame never lands inside an event."""
+        buf = self.pending + chunk
+        end = 0
+        for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+            at = buf.rfind(sep)
+            if at >= 0:
+                end = max(end, at + len(sep))
+        whole, self.pending = buf[:end], buf[end:]
+        for _, data in self.checker.feed(whole):
+            if data not in self.dialect.stream_literals:
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    event = None
+                if not isinstance(event, dict):
+                    raise StreamBroken("the provider sent a malformed stream event")
+        return whole
 
     def _strip(self, events):
         out = []
@@ -189,6 +214,7 @@ class Passthrough:
         return b"".join(out)
 
     def feed(self, chunk):
+        chunk = self._whole(chunk)
         if self.parser is not None:
             chunk = self._strip(self.parser.feed(chunk))
         if not self.ended:
@@ -202,4 +228,5 @@ class Passthrough:
         return chunk
 
     def finish(self):
-        return self._strip(self.parser.close()) if self.parser is not None else b""
+        last = self.feed(b"\n\n") if self.pending.strip() else b""  # a last event without its blank line
+        return last + (self._strip(self.parser.close()) if self.parser is not None else b"")

@@ -26,6 +26,7 @@ DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
 
 class Tracer:
     def __init__(self):
+        self.enabled = False
         self.sampling = 0.0
         self.endpoint = None
         self.spans = []
@@ -35,15 +36,17 @@ class Tracer:
     def configure(self, tracing):
         """Settings from the config's `tracing:` section (None: tracing off)."""
         tracing = tracing or {}
+        self.enabled = bool(tracing)  # off: no spans, and an incoming traceparent goes upstream as it came
         self.sampling = float(tracing.get("random_sampling", 0)) if tracing else 0.0
         base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         self.endpoint = tracing.get("endpoint") or (base.rstrip("/") + "/v1/traces" if base else DEFAULT_ENDPOINT)
-        if tracing and self._flusher is None:
-            self._flusher = PeriodicCallback(self.flush, 1000)
-            self._flusher.start()
+        # The flusher starts with the first span (end), in the serving process: starting it here
+        # would make an IOLoop before `--workers N` forks, and the workers would share it.
 
     def start(self, traceparent):
         """(trace_id, span_id, parent_span_id) when this request is traced, else None."""
+        if not self.enabled:
+            return None
         m = TRACEPARENT.match(traceparent or "")
         if m:
             if not int(m.group(3), 16) & 1:
@@ -85,6 +88,9 @@ class Tracer:
         if parent:
             span["parentSpanId"] = parent
         self.spans.append(span)
+        if self._flusher is None:
+            self._flusher = PeriodicCallback(self.flush, 1000)
+            self._flusher.start()
         if len(self.spans) >= 256:
             IOLoop.current().add_callback(self.flush)
 
