@@ -17,6 +17,7 @@ from .tracing import tracer
 from .upstream import Pool
 
 log = logging.getLogger("arch")
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Gateway:
@@ -115,6 +116,12 @@ def serve(gateway, workers=1, drain_seconds=30.0):
 
     def shutdown(*_):
         log.info("shutting down: no new connections; waiting for %d in-flight request(s)", gateway.inflight)
+        for sock in sockets:  # connections the kernel already queued are served, not reset by the close
+            try:
+                while True:
+                    server._handle_connection(*sock.accept())
+            except OSError:  # the queue is empty (or the socket already closed)
+                pass
         server.stop()
         deadline = loop.time() + drain_seconds
 
@@ -129,6 +136,7 @@ def serve(gateway, workers=1, drain_seconds=30.0):
     signal.signal(signal.SIGTERM, lambda *a: loop.add_callback_from_signal(shutdown))
     signal.signal(signal.SIGINT, lambda *a: loop.add_callback_from_signal(shutdown))
     signal.signal(signal.SIGHUP, lambda *a: loop.add_callback_from_signal(gateway.reload))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     loop.start()
 
 
@@ -142,7 +150,9 @@ def _supervise(workers):
     def spawn():
         pid = os.fork()
         if pid == 0:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            # held, not lost, until serve() has the worker's own handlers in place
+            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+            for sig in SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             return True
         children[pid] = True
@@ -157,7 +167,7 @@ def _supervise(workers):
             except ProcessLookupError:
                 pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in SIGNALS:
         signal.signal(sig, forward)
     for _ in range(workers):
         if spawn():
