@@ -159,7 +159,7 @@ def load_config(path):
     aliases = {name: (spec["target"], *spec.get("fallbacks", ())) for name, spec in (raw.get("model_aliases") or {}).items()}
     return Config(path=path, address=listener.get("address", "0.0.0.0"), port=listener.get("port", 12000),
                   max_body_bytes=parse_size(listener.get("max_body_size", DEFAULT_MAX_BODY)),
-                  tracing=raw.get("tracing"), access_log_file=access.get("file"), log_content=bool(access.get("content")),
+                  tracing=raw.get("tracing"), access_log_file=access.get("file") and str(path.parent / access["file"]), log_content=bool(access.get("content")),
                   providers=providers, aliases=aliases,
                   rules_dirs=[str((path.parent / d).resolve()) for d in raw.get("rules") or ()], warnings=warnings)
 
