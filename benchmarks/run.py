@@ -22,11 +22,13 @@ import re
 import shlex
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 import urllib.request
 from pathlib import Path
 
@@ -203,13 +205,6 @@ WRK_LUA = """
 wrk.method = "POST"
 wrk.body = [==[{body}]==]
 {headers}
-local n, limit = 0, {limit}
-if limit > 0 then
-  response = function(status, headers, body)
-    n = n + 1
-    if n >= limit then wrk.thread:stop() end
-  end
-end
 done = function(s, latency, requests)
   local e = s.errors
   io.write(string.format(
@@ -221,11 +216,11 @@ end
 """
 
 
-def wrk(tmp, url, body, headers, conns, threads, duration, limit=0):
+def wrk(tmp, url, body, headers, conns, threads, duration):
     """Run wrk; returns requests, rps, p50/p99 in ms, errors."""
     script = tmp / "wrk.lua"
     hdrs = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
-    script.write_text(WRK_LUA.format(body=json.dumps(body), headers=hdrs, limit=limit // max(threads, 1)))
+    script.write_text(WRK_LUA.format(body=json.dumps(body), headers=hdrs))
     argv = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{duration}s", "--timeout", "10s", "-s", str(script), url]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
     m = re.search(r"WRKJSON (\{.*\})", out)
@@ -271,12 +266,18 @@ async def stream_one(client, url, body, headers, timeout):
     try:
         resp = await client.fetch(url, method="POST", body=json.dumps(body), headers=headers, raise_error=False,
                                   streaming_callback=on_chunk, request_timeout=timeout, connect_timeout=timeout)
-        code = resp.code
-    except Exception:  # noqa: BLE001 - any failure is an incomplete stream
-        code = 599
+        code, error = resp.code, resp.error
+    except Exception as e:  # noqa: BLE001 - any failure is an incomplete stream
+        code, error = 599, e
     end = time.perf_counter()
-    return {"code": code, "tokens": len(re.findall(rb"tok\d+", b"".join(chunks))),
+    return {"code": code, "error": f"{type(error).__name__}: {error}"[:100] if error else None, "tokens": len(re.findall(rb"tok\d+", b"".join(chunks))),
             "ttft": (state["first"] - t0) if state["first"] else None, "gap": state["gap"], "total": end - t0}
+
+
+def listen_overflows():
+    """TcpExt ListenOverflows: connections dropped because an accept queue (listen backlog) was full."""
+    lines = [line.split() for line in open("/proc/net/netstat") if line.startswith("TcpExt:")]
+    return int(dict(zip(lines[0], lines[1]))["ListenOverflows"])
 
 
 def pct(values, p):
@@ -293,15 +294,16 @@ async def stream_bench(url, body, headers, n, concurrency, tokens, stall_s, time
         async with sem:
             return await stream_one(client, url, body, headers, timeout)
 
-    t0 = time.perf_counter()
+    t0, overflows = time.perf_counter(), listen_overflows()
     results = await asyncio.gather(*(one() for _ in range(n)))
-    wall = time.perf_counter() - t0
+    wall, overflows = time.perf_counter() - t0, listen_overflows() - overflows
     client.close()
     complete = [r for r in results if r["code"] == 200 and r["tokens"] == tokens]
     stalled = [r for r in results if r not in complete or r["gap"] > stall_s]
     ms = lambda v: None if v is None else v * 1000  # noqa: E731
+    errors = Counter(r["error"] for r in results if r["error"])
     return {"streams": n, "concurrency": concurrency, "completed": len(complete), "stalled": len(stalled),
-            "codes": sorted({r["code"] for r in results}),
+            "codes": sorted({r["code"] for r in results}), "errors": errors.most_common(3), "listen_overflows": overflows,
             "ttft_p50_ms": ms(pct([r["ttft"] for r in results], 50)), "ttft_p99_ms": ms(pct([r["ttft"] for r in results], 99)),
             "max_gap_ms": ms(max(r["gap"] for r in results)), "total_p50_ms": ms(pct([r["total"] for r in results], 50)),
             "total_p99_ms": ms(pct([r["total"] for r in results], 99)), "wall_s": wall}
@@ -310,9 +312,9 @@ async def stream_bench(url, body, headers, n, concurrency, tokens, stall_s, time
 def run_streams(*args):
     try:
         import uvloop
-        return uvloop.run(stream_bench(*args))
     except ImportError:
-        return asyncio.run(stream_bench(*args))
+        uvloop = None
+    return (uvloop.run if uvloop else asyncio.run)(stream_bench(*args))
 
 
 def sse_control(port, tokens, delay_ms):
@@ -365,7 +367,10 @@ def ensure_litellm():
             return exe
     print(f"# installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV} (once)", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-    subprocess.run([str(py), "-m", "pip", "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"], check=True, timeout=1800)
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"],
+                       capture_output=True, text=True, timeout=1800)
+    if r.returncode:
+        sys.exit(f"pip install litellm[proxy]=={LITELLM_VERSION} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
     return exe
 
 
@@ -384,7 +389,7 @@ def table(headers, rows):
 def report(res, args):
     lines = [f"## Gateway overhead — {res['machine']}", "",
              f"wrk, nginx, SSE server, proxy and stream client share {os.cpu_count()} cores; "
-             f"{res['duration']} s per wrk run; reference = {res['reference']}.", "",
+             f"{res['duration']} s per wrk run, median of {args.rounds} round(s); reference = {res['reference']}.", "",
              "### Non-streaming", ""]
     ref = res["rows"].get(res["reference"], {})
     rows = []
@@ -413,19 +418,20 @@ def report(res, args):
         rows = []
         for name, r in s["rows"].items():
             if "skipped" in r:
-                rows.append([name] + ["—"] * 9 + [f"skipped: {r['skipped']}"])
+                rows.append([name] + ["—"] * 10 + [f"skipped: {r['skipped']}"])
                 continue
             t, c, w = r["ttft"], r["conc"], r["wrk"]
             rows.append([name, f(t["ttft_p50_ms"], "{:.3f}"), f(r.get("added_ttft_ms"), "{:.3f}"), f(t["ttft_p99_ms"], "{:.3f}"),
                          f(w["rps"], "{:,.0f}"), f(w["rps"] / sref["wrk"]["rps"] if sref.get("wrk") and not name.startswith("direct") else None, "{:.2f}x"),
                          f"{c['completed']}/{c['streams']}", c["stalled"],
                          f"{f(c['ttft_p50_ms'], '{:.0f}')} / {f(c['ttft_p99_ms'], '{:.0f}')}",
-                         f"{f(c['total_p50_ms'], '{:.0f}')} / {f(c['total_p99_ms'], '{:.0f}')}",
+                         f"{f(c['total_p50_ms'], '{:.0f}')} / {f(c['total_p99_ms'], '{:.0f}')}", f(r.get("rss_mb"), "{:.0f}"),
                          "; ".join(x for x in (f"{w['errors']} wrk errors" if w["errors"] else "",
-                                               f"codes {c['codes']}" if c["codes"] != [200] else "") if x)])
+                                               f"{c['listen_overflows']} listen overflows" if c["listen_overflows"] else "",
+                                               *(f"{k}× {e}" for e, k in c["errors"])) if x)])
         lines.append(table(["target", "TTFT p50 ms", "added TTFT ms", "TTFT p99 ms", "streams/s @64c", "vs ref",
                             f"{s['concurrent']} streams done", "stalled", "loaded TTFT p50/p99 ms",
-                            "stream time p50/p99 ms", "notes"], rows))
+                            "stream time p50/p99 ms", "RSS MB", "notes"], rows))
 
     if res.get("rss_after"):
         lines += ["", "### RSS after requests", ""]
@@ -475,6 +481,8 @@ def main():
     ap.add_argument("--refs", default="auto",
                     help="pass-through variants CLIENT+LOOP, comma-separated, first is the reference; "
                          "'auto' = curl+uvloop when importable; 'all' = curl+uvloop,simple+asyncio")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every non-streaming target N times, interleaved, and keep the median (noisy machine)")
     ap.add_argument("--no-gateway", action="store_true")
     ap.add_argument("--no-streams", action="store_true")
     ap.add_argument("--gateway-cmd", default=f"{sys.executable} -m arch up {{config}}",
@@ -572,27 +580,52 @@ def main():
             elif res.get(f"{label}_skipped"):
                 rows.append((label, None) + (None,) * 7)  # a "skipped" row in its place
 
-        # ---- non-streaming: wrk at 1 connection (latency) and 64 connections (throughput)
-        for name, url, p, path, body_fn, headers, model, _, direct, in rows:
+        # ---- non-streaming: wrk at 1 connection (latency) and 64 connections (throughput);
+        # with --rounds N every target is measured N times, interleaved, and the median kept.
+        live = []
+        for row in rows:
+            name, url, p, path, body_fn, headers, model = row[:7]
             if url is None:
                 res["rows"][name] = {"skipped": "did not become healthy: " + res[f"{name}_skipped"].splitlines()[0]}
-                continue
-            body = body_fn(model)
-            expect = b"chat.completion" if path == OAI else b'"message"'
-            if why := probe(url + path, body, headers, expect):
+            elif why := probe(url + path, body_fn(model), headers, b"chat.completion" if path == OAI else b'"message"'):
                 print(f"# {name} skipped: {why}", file=sys.stderr)
                 res["rows"][name] = {"skipped": why.splitlines()[0][:120]}
-                continue
-            print(f"# {name}: wrk 1c + 64c, {dur} s each", file=sys.stderr)
-            wrk(tmp, url + path, body, headers, 8, 1, 1)  # warm-up
-            r = {"lat": wrk(tmp, url + path, body, headers, 1, 1, dur),
-                 "thr": wrk(tmp, url + path, body, headers, 64, 2, dur)}
+            else:
+                live.append(row)
+                res["rows"][name] = {"runs": []}
+        for i in range(args.rounds):
+            for name, url, p, path, body_fn, headers, model, _, direct in live:
+                print(f"# {name}: wrk 1c + 64c, {dur} s each (round {i + 1}/{args.rounds})", file=sys.stderr)
+                body = body_fn(model)
+                wrk(tmp, url + path, body, headers, 8, 1, 1)  # warm-up
+                res["rows"][name]["runs"].append({"lat": wrk(tmp, url + path, body, headers, 1, 1, dur),
+                                                  "thr": wrk(tmp, url + path, body, headers, 64, 2, dur)})
+        for name, url, p, path, body_fn, headers, model, _, direct in live:
+            r = res["rows"][name]
+            r["lat"], r["thr"] = ({k: statistics.median(run[kind][k] for run in r["runs"]) for k in r["runs"][0][kind]}
+                                  for kind in ("lat", "thr"))
             if direct and "lat" in res["rows"].get(direct, {}):
                 r["added_p50_ms"] = r["lat"]["p50_ms"] - res["rows"][direct]["lat"]["p50_ms"]
                 r["added_p99_ms"] = r["lat"]["p99_ms"] - res["rows"][direct]["lat"]["p99_ms"]
             if p:
                 r["rss_mb"] = rss_mb(p.pid)
-            res["rows"][name] = r
+
+        # ---- RSS after N requests (the gateway target is 100,000)
+        if args.requests_rss:
+            res["rss_after"] = {}
+            rss_targets = [(res["reference"],) + servers[res["reference"]]]
+            if gateway:
+                rss_targets.append(("gateway",) + gateway)
+            if litellm:
+                rss_targets.append(("litellm",) + litellm)
+            for name, url, p in rss_targets:
+                print(f"# {name}: {args.requests_rss:,} requests for RSS", file=sys.stderr)
+                before, sent, errors, chunk = rss_mb(p.pid), 0, 0, 2
+                while sent < args.requests_rss:  # wrk has no request count: short runs sized by the last rate
+                    w = wrk(tmp, url + OAI, openai_body("gpt-4o-mini"), OPENAI_HEADERS, 64, 2, chunk)
+                    sent, errors = sent + w["requests"], errors + w["errors"]
+                    chunk = min(10, max(1, round((args.requests_rss - sent) / max(w["rps"], 1))))
+                res["rss_after"][name] = {"requests": sent, "before": before, "after": rss_mb(p.pid), "errors": errors}
 
         # ---- streaming: sequential TTFT, wrk streams/s, N concurrent streams
         if not args.no_streams:
@@ -624,20 +657,6 @@ def main():
                     r["rss_mb"] = rss_mb(p.pid)
                 s["rows"][name] = r
 
-        # ---- RSS after N requests (the gateway target is 100,000)
-        if args.requests_rss:
-            res["rss_after"] = {}
-            rss_targets = [(res["reference"],) + servers[res["reference"]]]
-            if gateway:
-                rss_targets.append(("gateway",) + gateway)
-            if litellm:
-                rss_targets.append(("litellm",) + litellm)
-            for name, url, p in rss_targets:
-                print(f"# {name}: {args.requests_rss:,} requests for RSS", file=sys.stderr)
-                before = rss_mb(p.pid)
-                w = wrk(tmp, url + OAI, openai_body("gpt-4o-mini"), OPENAI_HEADERS, 64, 2, 600, limit=args.requests_rss)
-                res["rss_after"][name] = {"requests": w["requests"], "before": before, "after": rss_mb(p.pid),
-                                          "errors": w["errors"]}
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
