@@ -1,5 +1,6 @@
 """`archgw up` and `archgw validate` (also `python -m arch ...`)."""
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -37,11 +38,23 @@ def _validate(args):
     return 0
 
 
+def _use_uvloop():
+    """uvloop when installed (~10% more requests/s, see README); ARCHGW_LOOP=asyncio opts out."""
+    if os.environ.get("ARCHGW_LOOP") == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def _up(args):
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # must be set before prometheus_client is imported, so every worker writes shared files
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="archgw-metrics-")
     from .server import Gateway, serve  # tornado's server and metrics only when serving
+    _use_uvloop()
 
     try:
         gateway = Gateway(args.config, args.rules)

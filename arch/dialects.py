@@ -8,15 +8,13 @@ Nothing in here names a particular dialect; the YAML does.
 """
 import json
 
+import fastjsonschema
+from jmespath import Options
+
 from . import schemas
 from .errors import ConfigError, GatewayError
 from .functions import RuleFunctions
 from .mapping import compile_expr, compile_mapping, compile_steps, truthy
-
-try:
-    from jmespath import Options
-except ImportError:  # pragma: no cover - jmespath < 1.0
-    from jmespath.visitor import Options
 
 
 def rule_options(spec):
@@ -30,8 +28,8 @@ class Dialect:
         self.path = spec["path"]
         self.request_schema = spec["request_schema"]
         try:
-            schemas.validator(self.request_schema)  # loaded and checked now, not on the first request
-        except (OSError, ValueError) as e:
+            schemas.compiled(self.request_schema)  # loaded and compiled now, not on the first request
+        except (OSError, ValueError, fastjsonschema.JsonSchemaDefinitionException) as e:
             raise ConfigError([f"{where}: request_schema: {e}"]) from None
         stream = spec["stream"]
         self.named_events = stream["framing"] == "named"

@@ -14,8 +14,6 @@ import uuid
 
 from tornado.web import HTTPError, RequestHandler
 
-from tornado.ioloop import IOLoop
-
 from . import observe, schemas
 from .errors import GatewayError
 from .functions import estimate_tokens
@@ -290,7 +288,7 @@ class Chat(Base):
         elif "traceparent" in self.request.headers:
             headers["traceparent"] = self.request.headers["traceparent"]
         self.call = Call(exchange.on_head, exchange.on_data)
-        started = IOLoop.current().time()
+        started = time.perf_counter()
         try:
             await self.gateway.pool.send(self.call, "POST", url, headers, data, target.policy.timeouts)
         except UpstreamError as e:
@@ -303,7 +301,7 @@ class Chat(Base):
             error.retryable = e.kind != "timeout"  # a timeout already cost its full wait
             raise error from None
         finally:
-            observe.UPSTREAM.labels(target.provider, target.model).observe(IOLoop.current().time() - started)
+            observe.UPSTREAM.labels(target.provider, target.model).observe(time.perf_counter() - started)
         return not self.client_gone
 
     def _upstream_error(self, client, provider, exchange):
@@ -367,7 +365,7 @@ class _Exchange:
         self.committed = False
 
     def on_head(self, status, headers):
-        self.headers = {k.lower(): v for k, v in headers.get_all() if k.lower() in _RETRY_HEADERS}
+        self.headers = {k: v for k, v in headers.items() if k in _RETRY_HEADERS}
         if self.relay is not None and 200 <= status < 300:
             h = self.handler
             h.set_status(200)

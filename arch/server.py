@@ -104,7 +104,8 @@ def _access_log(handler):
 
 def serve(gateway, workers=1, drain_seconds=30.0):
     config = gateway.runtime.config
-    sockets = bind_sockets(config.port, config.address, reuse_port=workers > 1)
+    # a deep accept queue: a burst of 1000 new streams must wait, not be reset
+    sockets = bind_sockets(config.port, config.address, reuse_port=workers > 1, backlog=4096)
     if workers > 1 and _supervise(workers):
         return  # the supervisor's workers have all exited
     # Bodies over the configured limit still get read (up to 4x) so the client hears a 413 in its dialect.
@@ -125,13 +126,14 @@ def serve(gateway, workers=1, drain_seconds=30.0):
         server.stop()
         deadline = loop.time() + drain_seconds
 
-        def check():
+        async def check():
             if gateway.inflight and loop.time() < deadline:
                 loop.call_later(0.05, check)
             else:
+                await tracer.flush()  # spans still waiting for their batch
                 loop.stop()
 
-        check()
+        loop.add_callback(check)
 
     signal.signal(signal.SIGTERM, lambda *a: loop.add_callback_from_signal(shutdown))
     signal.signal(signal.SIGINT, lambda *a: loop.add_callback_from_signal(shutdown))

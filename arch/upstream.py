@@ -1,22 +1,22 @@
 """HTTP/1.1 to providers: keep-alive connections, streaming, cancel, timeouts.
 
-Built on Tornado's own `TCPClient` and `HTTP1Connection` (the parts its
-AsyncHTTPClient is made of) so that the gateway owns each socket: a client
-that hangs up closes its upstream socket at once (no tokens keep burning),
-connections are reused across requests, and the time to first byte and the
-silence between stream chunks have their own limits. This module knows
-sockets and HTTP, nothing about dialects.
+A small client on an asyncio Protocol, so that the gateway owns each socket:
+a client that hangs up closes its upstream socket at once (no tokens keep
+burning), connections are kept alive and reused, and the wait for the first
+byte and the silence between stream chunks have their own limits. Parsing a
+response is a few byte searches per read, which is most of why the gateway
+adds little latency. This module knows sockets and HTTP, not dialects.
 """
+import asyncio
+import logging
 import ssl
+from functools import lru_cache
+from time import monotonic
 from urllib.parse import urlsplit
 
-from tornado import httputil, iostream
-from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
-from tornado.ioloop import IOLoop
-from tornado.tcpclient import TCPClient
-
+log = logging.getLogger("arch")
 _TLS = ssl.create_default_context()
-_PARAMS = HTTP1ConnectionParameters(chunk_size=65536, max_header_size=65536, max_body_size=1 << 30)
+MAX_HEAD = 65536
 
 
 class UpstreamError(Exception):
@@ -33,32 +33,151 @@ class Timeouts:
         self.connect, self.first_byte, self.idle, self.total = connect, first_byte, idle, total
 
 
-class Call(httputil.HTTPMessageDelegate):
-    """One request to a provider. `on_head(status, headers)` and
-    `on_data(chunk)` are called as the response arrives; `cancel()` closes
-    the socket from anywhere (client gone, shutdown)."""
+class Call:
+    """One request to a provider. `on_head(status, headers)` (headers: a dict
+    with lower-case names) and `on_data(chunk)` are called as the response
+    arrives; `cancel()` closes the socket from anywhere (client gone, timer)."""
 
     def __init__(self, on_head, on_data):
         self.on_head, self.on_data = on_head, on_data
-        self.stream = None
+        self.conn = None
         self.status = None
         self.failure = None   # UpstreamError set by cancel() or a timer
         self._last = 0.0
 
-    # HTTPMessageDelegate, called by HTTP1Connection
-    def headers_received(self, start_line, headers):
-        self.status = start_line.code
-        self._last = IOLoop.current().time()
-        self.on_head(start_line.code, headers)
-
-    def data_received(self, chunk):
-        self._last = IOLoop.current().time()
-        self.on_data(chunk)
-
     def cancel(self, failure=None):
         self.failure = self.failure or failure or UpstreamError("closed", "cancelled")
-        if self.stream is not None:
-            self.stream.close()
+        if self.conn is not None:
+            self.conn.abort()
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; reads one response at a time into a Call."""
+
+    def __init__(self):
+        self.transport = None
+        self.call = None
+        self.done = None          # future: True when a response ended cleanly, False when it cannot
+        self.buf = b""
+        self.state = "idle"       # idle | head | length | chunk-size | chunk-data | chunk-end | trailer | close
+        self.remaining = 0
+        self.keep_alive = True
+        self.closed = False
+
+    def start(self, call, request):
+        self.call, self.buf, self.state = call, b"", "head"
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+
+    def abort(self):
+        if self.transport is not None:
+            self.transport.abort()
+
+    # asyncio.Protocol
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def connection_lost(self, exc):
+        self.closed = True
+        if self.state == "close":  # a body that ends when the connection does
+            self._end(True)
+        elif self.state != "idle":
+            self._end(False)
+
+    def data_received(self, data):
+        if self.state == "idle":  # bytes nobody asked for: this connection cannot be trusted again
+            self.keep_alive = False
+            self.transport.close()
+            return
+        self.buf += data
+        try:
+            self._parse()
+        except Exception:  # a malformed response, or a callback that failed
+            log.exception("upstream response could not be read")
+            self.keep_alive = False
+            self._end(False)
+            self.transport.abort()
+
+    def _parse(self):
+        while self.buf and self.state != "idle":
+            state = self.state
+            if state == "head":
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self.buf) > MAX_HEAD:
+                        raise ValueError("response head too large")
+                    return
+                head, self.buf = self.buf[:end].decode("latin-1"), self.buf[end + 4:]
+                self._head(head)
+            elif state == "length":
+                chunk, self.buf = self.buf[:self.remaining], self.buf[self.remaining:]
+                self.remaining -= len(chunk)
+                self._data(chunk)
+                if not self.remaining:
+                    self._end(True)
+            elif state == "close":
+                chunk, self.buf = self.buf, b""
+                self._data(chunk)
+            elif state == "chunk-size":
+                end = self.buf.find(b"\r\n")
+                if end < 0:
+                    return
+                size = int(self.buf[:end].split(b";", 1)[0], 16)
+                self.buf = self.buf[end + 2:]
+                self.remaining, self.state = size, ("chunk-data" if size else "trailer")
+            elif state == "chunk-data":
+                chunk, self.buf = self.buf[:self.remaining], self.buf[self.remaining:]
+                self.remaining -= len(chunk)
+                self._data(chunk)
+                if not self.remaining:
+                    self.state = "chunk-end"
+            elif state == "chunk-end":
+                if len(self.buf) < 2:
+                    return
+                self.buf, self.state = self.buf[2:], "chunk-size"
+            elif state == "trailer":
+                end = self.buf.find(b"\r\n")
+                if end < 0:
+                    return
+                line, self.buf = self.buf[:end], self.buf[end + 2:]
+                if not line:  # the blank line after (optional) trailers
+                    self._end(True)
+
+    def _head(self, head):
+        lines = head.split("\r\n")
+        version, status = lines[0].split(" ", 2)[:2]
+        status = int(status)
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
+            return
+        self.keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        call = self.call
+        call.status, call._last = status, monotonic()
+        call.on_head(status, headers)
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self.state = "chunk-size"
+        elif "content-length" in headers:
+            self.remaining = int(headers["content-length"])
+            self.state = "length"
+            if not self.remaining:
+                self._end(True)
+        elif status in (204, 304):
+            self._end(True)
+        else:
+            self.keep_alive, self.state = False, "close"
+
+    def _data(self, chunk):
+        if chunk:
+            self.call._last = monotonic()
+            self.call.on_data(chunk)
+
+    def _end(self, complete):
+        self.state = "idle"
+        if self.done is not None and not self.done.done():
+            self.done.set_result(complete)
 
 
 class Pool:
@@ -67,99 +186,94 @@ class Pool:
     def __init__(self, per_host=64):
         self.idle = {}
         self.per_host = per_host
-        self.tcp = TCPClient()
 
     async def _connect(self, scheme, host, port, timeout):
-        key = (scheme, host, port)
-        idle = self.idle.get(key)
+        idle = self.idle.get((scheme, host, port))
         while idle:
-            stream = idle.pop()
-            if not stream.closed():
-                return stream, True
+            conn = idle.pop()
+            if not conn.closed:
+                return conn, True
+        loop = asyncio.get_running_loop()
         try:
-            stream = await self.tcp.connect(host, port, ssl_options=_TLS if scheme == "https" else None,
-                                            timeout=timeout)
-        except TimeoutError:
+            _, conn = await asyncio.wait_for(loop.create_connection(
+                _Connection, host, port, ssl=_TLS if scheme == "https" else None), timeout)
+        except asyncio.TimeoutError:
             raise UpstreamError("connect", f"connecting to {host}:{port} timed out after {timeout:g}s") from None
-        except (OSError, iostream.StreamClosedError) as e:
-            raise UpstreamError("connect", f"cannot connect to {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
-        stream.set_nodelay(True)
-        return stream, False
+        except OSError as e:
+            raise UpstreamError("connect", f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+        return conn, False
 
-    def _release(self, key, stream):
+    def _release(self, key, conn):
         idle = self.idle.setdefault(key, [])
-        if len(idle) < self.per_host and not stream.closed():
-            idle.append(stream)
+        if conn.keep_alive and not conn.closed and len(idle) < self.per_host:
+            conn.call = None
+            idle.append(conn)
         else:
-            stream.close()
+            conn.transport.close()
 
     async def send(self, call, method, url, headers, body, timeouts):
         """Send the request and read the whole response into `call`; raise UpstreamError."""
-        parts = urlsplit(url)
-        scheme = parts.scheme
-        port = parts.port or (443 if scheme == "https" else 80)
-        path = parts.path + ("?" + parts.query if parts.query else "")
-        headers = httputil.HTTPHeaders(headers)
-        headers["Host"] = parts.netloc
-        headers["Content-Length"] = str(len(body))
-        loop = IOLoop.current()
-        deadline = loop.call_later(timeouts.total, call.cancel,
-                                   UpstreamError("timeout", f"the provider did not finish within {timeouts.total:g}s"))
-        watchdog = None
+        scheme, host, port, netloc, path = _split(url)
+        head = [f"{method} {path} HTTP/1.1\r\nHost: {netloc}\r\nContent-Length: {len(body)}\r\n"]
+        head += [f"{name}: {value}\r\n" for name, value in headers.items()]
+        request = "".join(head).encode() + b"\r\n" + body
+        call._last = monotonic()
+        watchdog = _Watchdog(call, timeouts)
         try:
             for attempt in (1, 2):
-                stream, reused = await self._connect(scheme, parts.hostname, port, timeouts.connect)
-                call.stream = stream
+                conn, reused = await self._connect(scheme, host, port, timeouts.connect)
+                call.conn = conn
                 if call.failure:
-                    stream.close()
+                    conn.abort()
                     raise call.failure
-                call._last = loop.time()
-                if watchdog is None:
-                    watchdog = _Watchdog(call, timeouts)
-                conn = HTTP1Connection(stream, True, _PARAMS)
-                try:
-                    conn.write_headers(httputil.RequestStartLine(method, path, "HTTP/1.1"), headers)
-                    conn.write(body)
-                    conn.finish()
-                    complete = await conn.read_response(call)
-                except iostream.StreamClosedError:
-                    complete = False
+                conn.start(call, request)
+                complete = await conn.done
                 if call.failure:
                     raise call.failure
                 if complete:
-                    stream = conn.detach()
-                    if stream is not None:
-                        self._release((scheme, parts.hostname, port), stream)
+                    self._release((scheme, host, port), conn)
                     return
-                conn.close()
+                conn.abort()
                 # A reused connection the provider had already closed: try once more on a new one.
                 if not (reused and call.status is None and attempt == 1):
                     raise UpstreamError("closed", "the provider closed the connection before the response was complete")
         finally:
-            loop.remove_timeout(deadline)
-            if watchdog:
-                watchdog.stop()
+            watchdog.stop()
+
+
+@lru_cache(maxsize=1024)
+def _split(url):
+    """(scheme, host, port, netloc, path?query) of a provider URL; URLs come from the config, so few."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.hostname, port, parts.netloc, parts.path + ("?" + parts.query if parts.query else "")
 
 
 class _Watchdog:
-    """Cancels a call whose provider is silent too long: before the first
-    byte (`first_byte`) or between two chunks of the body (`idle`)."""
+    """One timer per call, for all its limits: the whole call (`total`), the
+    wait for the first byte (`first_byte`) and the silence between two chunks
+    of the body (`idle`). It cancels the call when one runs out."""
 
     def __init__(self, call, timeouts):
         self.call, self.timeouts = call, timeouts
+        self.loop = asyncio.get_running_loop()
+        self.deadline = monotonic() + timeouts.total
         self.handle = None
         self._arm()
 
     def _arm(self):
-        loop = IOLoop.current()
+        now = monotonic()
+        if now >= self.deadline:
+            self.call.cancel(UpstreamError("timeout", f"the provider did not finish within {self.timeouts.total:g}s"))
+            return
         limit = self.timeouts.idle if self.call.status is not None else self.timeouts.first_byte
-        wait = self.call._last + limit - loop.time()
+        wait = self.call._last + limit - now
         if wait <= 0:
             what = "sent nothing" if self.call.status is None else "went silent"
             self.call.cancel(UpstreamError("timeout", f"the provider {what} for {limit:g}s"))
             return
-        self.handle = loop.call_later(wait, self._arm)
+        self.handle = self.loop.call_later(min(wait, self.deadline - now), self._arm)
 
     def stop(self):
         if self.handle:
-            IOLoop.current().remove_timeout(self.handle)
+            self.handle.cancel()
