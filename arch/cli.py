@@ -65,11 +65,6 @@ def _up(args):
     runtime = gateway.runtime
     config = runtime.config
     log = logging.getLogger("arch")
-    access = logging.getLogger("arch.access")
-    handler = logging.FileHandler(config.access_log_file) if config.access_log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))  # each line is one JSON object
-    access.addHandler(handler)
-    access.propagate = False
     for w in runtime.warnings:
         log.warning("%s", w)
     lines = [f"archgw listening on http://{config.address}:{config.port}"]

@@ -39,7 +39,9 @@ class Dialect:
         self.usage_asked = compile_expr(usage["asked"], options, f"{where}: stream.usage.asked") if usage else None
         self.usage_request = compile_expr(usage["request"], options, f"{where}: stream.usage.request") if usage else None
         self.usage_event = compile_expr(usage["event"], options, f"{where}: stream.usage.event") if usage else None
-        self._usage = compile_expr(spec["usage"], options, f"{where}: usage")
+        # {field: [dotted paths, summed]}: plain data, read on every answer without JMESPath
+        self._usage = {field: [path.split(".") for path in (paths if isinstance(paths, list) else [paths])]
+                       for field, paths in spec["usage"].items()}
         err = spec["error"]
         self._error_message = compile_expr(err["message"], options, f"{where}: error.message")
         self._error_status = compile_expr(err["status"], options, f"{where}: error.status")
@@ -64,7 +66,9 @@ class Dialect:
 
     def usage(self, usage):
         """A usage object of this dialect as {input, output, cached} (input includes cached)."""
-        return self._usage(usage) if usage else None
+        if not isinstance(usage, dict):
+            return None
+        return {field: sum(_number_at(usage, path) for path in paths) for field, paths in self._usage.items()}
 
     def needs_usage_request(self, body):
         """A streaming request that will not get usage unless the gateway asks for it."""
@@ -83,6 +87,12 @@ class Dialect:
         if self.named_events:
             return b"event: " + event.get("type", "message").encode() + b"\ndata: " + data + b"\n\n"
         return b"data: " + data + b"\n\n"
+
+
+def _number_at(obj, path):
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj if isinstance(obj, (int, float)) and not isinstance(obj, bool) else 0
 
 
 class StreamProgram:

@@ -8,8 +8,8 @@ the CLI before this module is imported), so any worker answers a scrape with
 the sum of all of them, and `/v1/usage` is read from the same counters.
 """
 import json
-import logging
 import os
+import sys
 import time
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
@@ -18,7 +18,17 @@ from prometheus_client import multiprocess
 
 from .tracing import tracer
 
-access_log = logging.getLogger("arch.access")
+_access = {"path": None, "stream": None}  # where access lines go; set by open_access_log
+
+
+def open_access_log(path):
+    """Send access lines to `path` (appended, a line at a time) or, with None, to stderr."""
+    if path == _access["path"] and _access["stream"] is not None:
+        return
+    old = _access["stream"]
+    _access["path"], _access["stream"] = path, open(path, "a", buffering=1) if path else sys.stderr
+    if old is not None and old is not sys.stderr:
+        old.close()
 
 LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
@@ -100,7 +110,8 @@ def done(record, prices, client_address, log_content=None):
         FALLBACKS.labels(record["fallback"], model).inc()
     if record["trace"]:
         tracer.end(record["trace"], record, elapsed)
-    if access_log.isEnabledFor(logging.INFO):
+    stream = _access["stream"]
+    if stream is not None:
         line = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record["time"])) + f".{int(record['time'] * 1000) % 1000:03d}Z",
             "request_id": record.get("request_id"), "endpoint": record["endpoint"], "dialect": record["dialect"],
@@ -115,7 +126,7 @@ def done(record, prices, client_address, log_content=None):
         }
         if log_content is not None:
             line["content"] = log_content
-        access_log.info(json.dumps(line, ensure_ascii=False))
+        stream.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
 def usage_summary():

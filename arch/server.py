@@ -29,6 +29,7 @@ class Gateway:
         self.runtime = build(config_path, self.rules_dirs)
         self.listening = (self.runtime.config.address, self.runtime.config.port)  # fixed until a restart
         tracer.configure(self.runtime.config.tracing)
+        observe.open_access_log(self.runtime.config.access_log_file)
         self.pool = Pool()
         self.inflight = 0
         self._seen = self._fingerprint()
@@ -72,6 +73,7 @@ class Gateway:
             return False
         self.runtime = runtime
         tracer.configure(runtime.config.tracing)
+        observe.open_access_log(runtime.config.access_log_file)
         self._seen = self._fingerprint()
         observe.RELOADS.labels("success").inc()
         for w in runtime.warnings:
@@ -110,7 +112,7 @@ def serve(gateway, workers=1, drain_seconds=30.0):
         return  # the supervisor's workers have all exited
     # Bodies over the configured limit still get read (up to 4x) so the client hears a 413 in its dialect.
     server = HTTPServer(gateway.application(), max_body_size=4 * config.max_body_bytes,
-                        idle_connection_timeout=300, body_timeout=120)
+                        idle_connection_timeout=300)
     server.add_sockets(sockets)
     gateway.watch()
     loop = IOLoop.current()
