@@ -80,6 +80,7 @@ class FakeProvider:
         self._lock = threading.Lock()
         self._queue: deque[Reply] = deque()
         self._requests: list[dict] = []
+        self._disconnects: list[dict] = []
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
 
@@ -111,10 +112,22 @@ class FakeProvider:
         with self._lock:
             return self._requests[-1]
 
+    @property
+    def disconnects(self) -> list[dict]:
+        """Snapshot of the times a client (the gateway) hung up before a `delay`ed,
+        streamed or `hang`ing reply was complete: `{"request": n, "at": time.monotonic()}`."""
+        with self._lock:
+            return list(self._disconnects)
+
+    def _client_gone(self, n: int):
+        with self._lock:
+            self._disconnects.append({"request": n, "at": time.monotonic()})
+
     def reset(self):
         """Forget recorded requests and scripted replies; request ids restart at req_1."""
         with self._lock:
             self._requests.clear()
+            self._disconnects.clear()
             self._queue.clear()
 
     def _record(self, req: dict) -> tuple[int, Reply | None]:
@@ -195,7 +208,8 @@ class _Handler(BaseHTTPRequestHandler):
         n, reply = fake._record(req)
         reply = reply or fake.default_reply(req, n)
         if reply.hang:
-            self._hang(fake)
+            if self._hang(fake):
+                fake._client_gone(n)
             return
         headers = {fake.request_id_header: f"req_{n}", **reply.headers}
         if reply.pieces is None:
@@ -208,10 +222,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_head(reply.status, headers)
             sent = 0
             for i, piece in enumerate(reply.pieces):
-                if i:
-                    time.sleep(reply.delay)
                 budget = None if reply.close_after is None else reply.close_after - sent
-                if self._write(piece, budget, self._write_chunk):
+                try:
+                    if i and self._pause(reply.delay):
+                        raise ConnectionResetError("the client hung up")
+                    if self._write(piece, budget, self._write_chunk):
+                        return
+                except (BrokenPipeError, ConnectionResetError):
+                    fake._client_gone(n)
+                    self.close_connection = True
                     return
                 sent += len(piece)
             self.wfile.write(b"0\r\n\r\n")
@@ -253,13 +272,36 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         return True
 
-    def _hang(self, fake: FakeProvider):
+    def _hang(self, fake: FakeProvider) -> bool:
         """Answer nothing until stop(), or until the client gives up (EOF), so a
-        timed-out request does not leave a thread behind for the session."""
-        while not fake._stopping.wait(0.05):
-            if select.select([self.connection], [], [], 0)[0] and not self.connection.recv(1, socket.MSG_PEEK):
-                break
+        timed-out request does not leave a thread behind for the session.
+        Returns whether the client gave up."""
         self.close_connection = True
+        while not fake._stopping.wait(0.05):
+            if self._peer_closed():
+                return True
+        return False
+
+    def _peer_closed(self) -> bool:
+        """Whether the client closed its end (EOF or reset is waiting to be read)."""
+        if not select.select([self.connection], [], [], 0)[0]:
+            return False
+        try:
+            return not self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep `seconds` between stream pieces, returning True at once if the
+        client hung up meanwhile (so tests can see how fast the gateway cancels)."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if select.select([self.connection], [], [], min(left, 0.05))[0]:
+                if self._peer_closed():
+                    return True
+                time.sleep(max(end - time.monotonic(), 0))  # the client sent more: just wait
+                return False
+        return False
 
 
 class FakeOpenAI(FakeProvider):
