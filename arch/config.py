@@ -52,6 +52,7 @@ class Config:
     address: str
     port: int
     max_body_bytes: int
+    drain_seconds: float
     tracing: dict | None
     access_log_file: str | None
     log_content: bool
@@ -159,6 +160,7 @@ def load_config(path):
     aliases = {name: (spec["target"], *spec.get("fallbacks", ())) for name, spec in (raw.get("model_aliases") or {}).items()}
     return Config(path=path, address=listener.get("address", "0.0.0.0"), port=listener.get("port", 12000),
                   max_body_bytes=parse_size(listener.get("max_body_size", DEFAULT_MAX_BODY)),
+                  drain_seconds=parse_duration(listener.get("drain_timeout", 30)),
                   tracing=raw.get("tracing"), access_log_file=access.get("file") and str(path.parent / access["file"]), log_content=bool(access.get("content")),
                   providers=providers, aliases=aliases,
                   rules_dirs=[str((path.parent / d).resolve()) for d in raw.get("rules") or ()], warnings=warnings)

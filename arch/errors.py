@@ -18,7 +18,8 @@ class GatewayError(Exception):
         self.param = param
         self.headers = headers or {}
         self.body = None         # a provider's own error body, when it can go to the client as it is
-        self.retryable = False   # worth another attempt or the next fallback
+        self.retryable = False   # worth another attempt at the same target
+        self.fallback = False    # worth trying the next target
 
 
 class ConfigError(Exception):

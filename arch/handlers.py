@@ -201,8 +201,10 @@ class Chat(Base):
     def _upstream_request(self, client, body, target):
         """(bytes to send, Translation or None, whether usage was asked for the client)."""
         if target.missing_key:
-            raise GatewayError(500, f"the gateway has no API key for '{target.name}': environment variable "
-                                    f"{target.missing_key} is not set")
+            error = GatewayError(500, f"the gateway has no API key for '{target.name}': environment variable "
+                                      f"{target.missing_key} is not set")
+            error.fallback = True  # a fallback with a key can still answer
+            raise error
         translation = self.runtime.rules.translation(client.name, target.dialect)
         ask_usage = translation is None and client.needs_usage_request(body)
         if translation is None and not ask_usage and body["model"] == target.model and not target.rename:
@@ -228,10 +230,10 @@ class Chat(Base):
                 try:
                     return await self._attempt(client, body, target)
                 except GatewayError as e:
-                    if self.client_gone or not e.retryable:
+                    if self.client_gone or not (e.retryable or e.fallback):
                         raise
                     failure = e
-                    if attempt == target.policy.max_retries:
+                    if not e.retryable or attempt == target.policy.max_retries:
                         break
                     delay = target.policy.backoff(attempt, e.headers)
                     if delay is None:  # the provider asked for a longer wait than is worth it
@@ -298,7 +300,8 @@ class Chat(Base):
             if exchange.committed or self.client_gone:
                 return False
             error = GatewayError(504 if e.kind == "timeout" else 502, f"provider for '{target.name}' failed: {e}")
-            error.retryable = e.kind != "timeout"  # a timeout already cost its full wait
+            error.retryable = e.kind != "timeout"  # a timeout already cost its full wait: next target
+            error.fallback = True
             raise error from None
         finally:
             observe.UPSTREAM.labels(target.provider, target.model).observe(time.perf_counter() - started)
@@ -318,7 +321,7 @@ class Chat(Base):
                                                 f"{raw[:300].decode('utf-8', 'replace')}", headers=exchange.headers)
         if client is provider and message is not None:
             error.body = raw
-        error.retryable = status in RETRY_STATUSES
+        error.retryable = error.fallback = status in RETRY_STATUSES
         return error
 
     def on_connection_close(self):

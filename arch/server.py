@@ -104,7 +104,7 @@ def _access_log(handler):
                   1000 * handler.request.request_time())
 
 
-def serve(gateway, workers=1, drain_seconds=30.0):
+def serve(gateway, workers=1):
     config = gateway.runtime.config
     # a deep accept queue: a burst of 1000 new streams must wait, not be reset
     sockets = bind_sockets(config.port, config.address, reuse_port=workers > 1, backlog=4096)
@@ -126,7 +126,7 @@ def serve(gateway, workers=1, drain_seconds=30.0):
             except OSError:  # the queue is empty (or the socket already closed)
                 pass
         server.stop()
-        deadline = loop.time() + drain_seconds
+        deadline = loop.time() + gateway.runtime.config.drain_seconds
 
         async def check():
             if gateway.inflight and loop.time() < deadline:

@@ -335,7 +335,9 @@ def fallback_gw(fakes):
     cfg = config(fakes, listener={"max_retries": 0}, providers=[
         provider("openai/gpt-dead", "dead-model", f"http://127.0.0.1:{closed_port()}"),
         provider("openai/gpt-4-turbo", "gpt-4-turbo", fakes[0], fallbacks=[CLAUDE]),
+        provider("openai/gpt-slow", "slow-model", fakes[0], idle_timeout="0.5s", max_retries=2),
     ], aliases={
+        "slow-first": {"target": "slow-model", "fallbacks": [CLAUDE]},
         "smart-model": {"target": CLAUDE, "fallbacks": ["gpt-4o"]},
         "oai-first": {"target": "gpt-4o", "fallbacks": [CLAUDE]},
         "dead-first": {"target": "dead-model", "fallbacks": ["gpt-4o"]},
@@ -394,6 +396,17 @@ def test_fallback_on_connect_error(fallback_gw, fakes, dialect):
     headers, answer = ask_raw(sdk(fallback_gw, dialect), "dead-first")
     assert headers["x-arch-upstream-model"] == "gpt-4o"
     assert text_of(answer) == "Hello from gpt-4o!"
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+def test_fallback_after_a_timeout_without_retrying_it(fallback_gw, fakes, dialect):
+    """A timeout already cost its full wait: no retry on the same model, straight to the next."""
+    fakes[0].enqueue(hang=True)
+    started = time.monotonic()
+    headers, answer = ask_raw(sdk(fallback_gw, dialect), "slow-first")
+    assert headers["x-arch-upstream-model"] == CLAUDE and text_of(answer) == f"Hello from {CLAUDE}!"
+    assert [r["body"]["model"] for r in fakes[0].requests] == ["gpt-slow"]
+    assert time.monotonic() - started < 5
 
 
 def test_fallback_walks_the_whole_list(fallback_gw, fakes):
