@@ -291,10 +291,6 @@ class RuleFunctions(functions.Functions):
     def _func_to_json(self, value):
         return to_json(value)
 
-    @functions.signature({"types": []})
-    def _func_arguments_object(self, arguments):
-        return _parse_arguments(arguments)
-
     @functions.signature({"types": ["array"]})
     def _func_anthropic_system(self, messages):
         return anthropic_system(messages)

@@ -336,23 +336,21 @@ class CountTokens(Chat):
 
     dialect = "anthropic"
 
-    async def post(self):
-        try:
-            body = self._body()
-            schemas.check("anthropic_count_tokens.schema.yaml", body)
-            target = self.runtime.routes.resolve(body["model"])[0]
-            if target.count_tokens_url is None:
-                return self.send_json(200, {"input_tokens": estimate_tokens(body)})
-            client = self.runtime.rules.dialects[self.dialect]
-            data, _, _ = self._upstream_request(client, body, target)
-            exchange = _Exchange(self, client, client, None)
-            if await self._send(target, target.count_tokens_url, data, exchange):
-                if not 200 <= self.call.status < 300:
-                    raise self._upstream_error(client, client, exchange)
-                self.send_json(200, b"".join(exchange.buffer))
-        except GatewayError as e:
-            if not self._finished:
-                self.send_error_json(e)
+    async def _serve(self):
+        body = self._body()
+        schemas.check("anthropic_count_tokens.schema.yaml", body)
+        self.record["requested_model"] = body["model"]
+        target = self.runtime.routes.resolve(body["model"])[0]
+        self.record["provider"], self.record["model"] = target.provider, target.model
+        if target.count_tokens_url is None:
+            return self.send_json(200, {"input_tokens": estimate_tokens(body)})
+        client = self.runtime.rules.dialects[self.dialect]
+        data, _, _ = self._upstream_request(client, body, target)
+        exchange = _Exchange(self, client, client, None)
+        if await self._send(target, target.count_tokens_url, data, exchange):
+            if not 200 <= self.call.status < 300:
+                raise self._upstream_error(client, client, exchange)
+            self.send_json(200, b"".join(exchange.buffer))
 
 
 class _Exchange:

@@ -86,9 +86,10 @@ class Gateway:
 
     def application(self):
         args = {"gateway": self}
+        # each dialect's endpoint comes from its rules file (a new path takes a restart)
+        chat = [(d.path, handlers.Chat, {**args, "dialect": d.name}) for d in self.runtime.rules.dialects.values()]
         return Application([
-            (r"/v1/chat/completions", handlers.Chat, {**args, "dialect": "openai"}),
-            (r"/v1/messages", handlers.Chat, {**args, "dialect": "anthropic"}),
+            *chat,
             (r"/v1/messages/count_tokens", handlers.CountTokens, args),
             (r"/v1/models", handlers.Models, args),
             (r"/healthz", handlers.Health, args),

@@ -34,6 +34,7 @@ def find_usage(data):
 class SSEParser:
     def __init__(self):
         self._buf = b""
+        self.skipped = 0  # blocks without data (comments, `retry:`): nothing to pass on
 
     def feed(self, chunk):
         """Complete events in `chunk` (plus what was held back) as (event, data) pairs."""
@@ -51,6 +52,8 @@ class SSEParser:
             event = _parse_block(buf[start:end])
             if event:
                 events.append(event)
+            elif end > start:
+                self.skipped += 1
             start = end + 2
         self._buf = buf[start:]
         return events
@@ -155,41 +158,39 @@ class Translate:
 
 
 class Passthrough:
-    """Same dialect both sides: bytes go straight through, a whole event at a
-    time, each checked to be JSON (never translated). The tail is watched for
-    the dialect's end marker, to catch a provider that stops early.
+    """Same dialect both sides: the provider's bytes go through as they were
+    framed, a whole event at a time, each checked to be JSON, never translated.
+    So a malformed or cut event becomes the client's in-stream error rather
+    than bytes its SDK cannot parse, and an error frame never lands inside an
+    event. The dialect's end markers tell a finished stream from a cut one.
 
     With `strip`, the gateway asked the provider for usage the client did not
-    ask for: events are parsed so that the usage-only event (the dialect's
-    `stream.usage.event`) is kept for accounting and not passed on."""
+    ask for: that usage-only event (the dialect's `stream.usage.event`) is kept
+    for accounting and not passed on."""
 
     def __init__(self, dialect, strip=False):
-        self.dialect = dialect
-        self.markers = dialect.end_markers
-        self.keep = max(map(len, self.markers), default=0)
-        self.tail = b""
+        self.dialect, self.strip = dialect, strip
+        self.parser = SSEParser()
+        self.pending = b""   # the start of an event whose blank line has not arrived yet
         self.ended = False
         self.usage = None
-        self.parser = SSEParser() if strip else None
-        self.pending = b""          # the start of an event whose end has not arrived yet
-        self.checker = SSEParser()
 
     def start(self):
         return b""
 
-    def _whole(self, chunk):
-        """The complete events that have arrived, each checked to be a JSON object
-        (or a literal like `[DONE]`); the rest waits for its blank line. So a
-        malformed or cut event becomes the client's in-stream error, never bytes
-        its SDK cannot parse, and an error frame never lands inside an event."""
+    def feed(self, chunk):
         buf = self.pending + chunk
-        end = 0
-        for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-            at = buf.rfind(sep)
-            if at >= 0:
-                end = max(end, at + len(sep))
+        end = max(buf.rfind(sep) + len(sep) if sep in buf else 0 for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"))
         whole, self.pending = buf[:end], buf[end:]
-        for _, data in self.checker.feed(whole):
+        return self._pass(whole) if whole else b""
+
+    def finish(self):
+        return self._pass(self.pending + b"\n\n") if self.pending.strip() else b""  # a last event without its blank line
+
+    def _pass(self, whole):
+        skipped = self.parser.skipped
+        kept, dropped = [], False
+        for name, data in self.parser.feed(whole):
             if data not in self.dialect.stream_literals:
                 try:
                     event = json.loads(data)
@@ -197,36 +198,16 @@ class Passthrough:
                     event = None
                 if not isinstance(event, dict):
                     raise StreamBroken("the provider sent a malformed stream event")
-        return whole
-
-    def _strip(self, events):
-        out = []
-        for name, data in events:
-            if b'"usage"' in data and data not in self.dialect.stream_literals:
-                try:
-                    event = json.loads(data)
-                except ValueError:
-                    event = None
-                if isinstance(event, dict) and truthy(self.dialect.usage_event(event)):
-                    self.usage = event.get("usage")
-                    continue
-            out.append(self.dialect.frame_raw(name, data))
-        return b"".join(out)
-
-    def feed(self, chunk):
-        chunk = self._whole(chunk)
-        if self.parser is not None:
-            chunk = self._strip(self.parser.feed(chunk))
+                if b'"usage"' in data:
+                    if self.strip and truthy(self.dialect.usage_event(event)):
+                        self.usage, dropped = event.get("usage"), True
+                        continue
+                    usage = find_usage(data)  # Anthropic's is split over message_start and message_delta
+                    if usage:
+                        self.usage = {**(self.usage or {}), **usage}
+            kept.append((name, data))
         if not self.ended:
-            window = self.tail + chunk
-            self.ended = any(m in window for m in self.markers)
-            self.tail = window[-self.keep:]
-        if b'"usage"' in chunk:
-            usage = find_usage(chunk)
-            if usage:
-                self.usage = {**(self.usage or {}), **usage}
-        return chunk
-
-    def finish(self):
-        last = self.feed(b"\n\n") if self.pending.strip() else b""  # a last event without its blank line
-        return last + (self._strip(self.parser.close()) if self.parser is not None else b"")
+            self.ended = any(m in whole for m in self.dialect.end_markers)
+        if dropped or self.parser.skipped != skipped:  # some blocks stay here: frame what is left anew
+            return b"".join(self.dialect.frame_raw(n, d) for n, d in kept)
+        return whole

@@ -26,6 +26,28 @@ from urllib.parse import parse_qsl, urlsplit
 VECTORS = Path(__file__).parent / "vectors"
 
 
+def parse_sse(data):
+    """(event name or None, data text) for each SSE event in bytes or text (WHATWG rules,
+    enough for tests); a last event without its blank line counts too, as the SDKs read it."""
+    text = data.decode() if isinstance(data, bytes) else data
+    events, name, lines = [], None, []
+    for line in re.split(r"\r\n|\r|\n", text):
+        if not line:
+            if lines:
+                events.append((name, "\n".join(lines)))
+            name, lines = None, []
+        elif not line.startswith(":"):
+            key, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if key == "event":
+                name = value
+            elif key == "data":
+                lines.append(value)
+    if lines:
+        events.append((name, "\n".join(lines)))
+    return events
+
+
 def vector(name: str) -> str:
     """Text of tests/vectors/<name>, e.g. `vector("anthropic/stream_text.sse")`."""
     return (VECTORS / name).read_text(encoding="utf-8")

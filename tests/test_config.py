@@ -15,14 +15,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import anthropic
 import openai
 import pytest
 
-from conftest import GATEWAY_ENV, ROOT, Gateway, GatewayStartError, _direct, free_port, start_gateway
+from conftest import GATEWAY_ENV, ROOT, GatewayStartError, free_port, launch, start_gateway
 
 CLAUDE = "claude-3-5-sonnet-20241022"
 
@@ -46,29 +45,6 @@ def write(directory: Path, text: str, name="arch_config.yaml") -> Path:
 def problem_lines(output, path):
     """The indented problem lines `validate` printed for `path`."""
     return [line.strip() for line in output.splitlines() if line.startswith("  ") and str(path) in line]
-
-
-def launch(workdir: Path, port: int, env: dict, timeout=15.0) -> Gateway:
-    """`python -m arch up workdir/config.yaml` with exactly `env`; returns once /healthz answers."""
-    with open(workdir / "output.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "arch", "up", str(workdir / "config.yaml")], cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**env, "PYTHONUNBUFFERED": "1"})
-    gw = Gateway(proc, port, workdir)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            gw.stop()
-            raise GatewayStartError(f"gateway exited with code {proc.returncode}", gw.output())
-        try:
-            with _direct.open(gw.url + "/healthz", timeout=1) as resp:
-                if resp.status == 200:
-                    return gw
-        except OSError:
-            pass
-        time.sleep(0.05)
-    gw.stop()
-    raise GatewayStartError(f"gateway not healthy after {timeout}s", gw.output())
 
 
 def env_without_keys(**extra):

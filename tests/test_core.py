@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from conftest import GATEWAY_ENV, free_port, start_gateway
-from fakes import vector, vector_json
+from fakes import parse_sse, vector, vector_json
 
 CLIENT_KEY = "test-key"
 OPENAI_KEY = GATEWAY_ENV["OPENAI_API_KEY"]      # sk-openai-secret
@@ -52,25 +52,6 @@ def raw_request(gw, method, path, body=None, headers=None, secrets=SECRETS):
     conn.close()
     assert_clean(out[2], out[1], secrets)
     return out
-
-
-def parse_sse(data: bytes | str):
-    """(event name or None, data text) for each SSE event (WHATWG rules, enough for tests)."""
-    text = data.decode() if isinstance(data, bytes) else data
-    events, name, lines = [], None, []
-    for line in re.split(r"\r\n|\r|\n", text):
-        if not line:
-            if lines:
-                events.append((name, "\n".join(lines)))
-            name, lines = None, []
-        elif not line.startswith(":"):
-            key, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if key == "event":
-                name = value
-            elif key == "data":
-                lines.append(value)
-    return events
 
 
 def assert_no_client_key(req):

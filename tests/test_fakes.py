@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import socket
 import threading
 import time
@@ -17,7 +16,7 @@ import openai
 import pytest
 
 from conftest import _with_port
-from fakes import token_count, vector, vector_json
+from fakes import parse_sse, token_count, vector, vector_json
 
 ANTH_HEADERS = {"x-api-key": "sk-ant", "anthropic-version": "2023-06-01"}
 
@@ -57,28 +56,6 @@ def dechunk(raw):
         rest = rest[size + 2:]
     return head, chunks, False
 
-
-def parse_sse(data: bytes):
-    """Minimal SSE parser (WHATWG rules): list of (event name or None, data text)."""
-    events, name, lines = [], None, []
-    for line in re.split(r"\r\n|\r|\n", data.decode()):
-        if not line:
-            if lines:
-                events.append((name, "\n".join(lines)))
-            name, lines = None, []
-        elif line.startswith(":"):
-            continue
-        else:
-            key, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if key == "event":
-                name = value
-            elif key == "data":
-                lines.append(value)
-    return events
-
-
-# -- OpenAI defaults -----------------------------------------------------------------
 
 def test_openai_default_completion(openai_fake):
     status, headers, body = request(openai_fake, "POST", "/v1/chat/completions",

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 
-from fakes import vector
+from fakes import parse_sse, vector
 
 CLAUDE = "claude-3-5-sonnet-20241022"   # served by anthropic_fake
 GPT = "gpt-4o-mini"                     # served by openai_fake
@@ -29,28 +28,6 @@ def raw_post(gateway, path, body, headers=None, timeout=10):
     out = resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     conn.close()
     return out
-
-
-def parse_sse(data: bytes):
-    """WHATWG-style SSE parse: list of (event name or None, data text)."""
-    events, name, lines = [], None, []
-    for line in re.split(r"\r\n|\r|\n", data.decode()):
-        if not line:
-            if lines:
-                events.append((name, "\n".join(lines)))
-            name, lines = None, []
-        elif line.startswith(":"):
-            continue
-        else:
-            key, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if key == "event":
-                name = value
-            elif key == "data":
-                lines.append(value)
-    if lines:
-        events.append((name, "\n".join(lines)))
-    return events
 
 
 def openai_frames(data: bytes):
