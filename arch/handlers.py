@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 
-from tornado.web import HTTPError, RequestHandler
+from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from . import observe, schemas
 from .errors import GatewayError
@@ -67,6 +67,12 @@ class Base(RequestHandler):
         status, body = client.render_error(error.status, error.message, error.param, self.request_id)
         self.send_json(status, body)
 
+    def _handle_request_exception(self, e):
+        """A GatewayError raised in prepare() is an answer, not a crash."""
+        if isinstance(e, GatewayError):
+            return self.send_error_json(e)
+        return super()._handle_request_exception(e)
+
     def write_error(self, status_code, **kwargs):
         """Errors Tornado raises itself (405, unexpected exceptions): same envelopes, no stack traces."""
         if not hasattr(self, "request_id"):  # a body Tornado rejected (bad form encoding) before prepare()
@@ -85,11 +91,6 @@ class NotFound(Base):
         if "anthropic-version" in self.request.headers or self.request.path.startswith("/v1/messages"):
             self.dialect = "anthropic"
         raise GatewayError(404, f"no such endpoint: {self.request.method} {self.request.path}")
-
-    def _handle_request_exception(self, e):
-        if isinstance(e, GatewayError):
-            return self.send_error_json(e)
-        return super()._handle_request_exception(e)
 
 
 class Health(Base):
@@ -136,8 +137,14 @@ class Usage(Base):
         self.send_json(200, observe.usage_summary())
 
 
+@stream_request_body
 class Chat(Base):
-    """POST /v1/chat/completions (dialect openai) and POST /v1/messages (anthropic)."""
+    """POST /v1/chat/completions (dialect openai) and POST /v1/messages (anthropic).
+
+    The body is received here (stream_request_body) so that one declared larger
+    than `max_body_size` is read and dropped, not kept, and answered with a 413
+    in the client's dialect (answering before it is read would reset the
+    connection under a client still sending)."""
 
     call = None
     exchange = None
@@ -147,8 +154,16 @@ class Chat(Base):
         super().prepare()
         self.record = record = observe.new_record(self.request.path, self.dialect)
         record["request_id"] = self.request_id
-        record["bytes_in"] = len(self.request.body)
         record["trace"] = tracer.start(self.request.headers.get("traceparent"))
+        self._parts = []
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.runtime.config.max_body_bytes:
+            self._parts = None  # too big: read, dropped, then a 413 (see _body)
+            self.request.connection.set_max_body_size(int(length))
+
+    def data_received(self, chunk):
+        if self._parts is not None:
+            self._parts.append(chunk)
 
     def write(self, chunk):
         if hasattr(self, "record"):  # not when Tornado rejected the request before prepare()
@@ -156,6 +171,8 @@ class Chat(Base):
         super().write(chunk)
 
     async def post(self):
+        self.request.body = b"".join(self._parts or ())
+        self.record["bytes_in"] = len(self.request.body)
         self.gateway.inflight += 1
         observe.INFLIGHT.inc()
         try:
@@ -188,8 +205,9 @@ class Chat(Base):
 
     def _body(self):
         limit = self.runtime.config.max_body_bytes
-        if len(self.request.body) > limit:
-            raise GatewayError(413, f"the request body is {len(self.request.body)} bytes; the limit is {limit}")
+        size = int(self.request.headers["Content-Length"]) if self._parts is None else len(self.request.body)
+        if size > limit:
+            raise GatewayError(413, f"the request body is {size} bytes; the limit is {limit}")
         try:
             return json.loads(self.request.body.decode("utf-8"), parse_constant=_not_json)
         except RecursionError:
