@@ -30,6 +30,7 @@ PROVIDER_KEYS = {"model", "name", "access_key", "base_url", "default", "provider
 DEFAULT_POLICY = {"timeout": 1800.0, "connect_timeout": 10.0, "idle_timeout": 300.0,
                   "max_retries": 2, "retry_backoff": 0.5}
 DEFAULT_MAX_BODY = "32MB"
+ENTRY_LISTS = ("llm_providers", "model_providers", "model_aliases")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Config:
     aliases: dict                     # alias -> (target, *fallbacks)
     rules_dirs: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    problems: list = field(default_factory=list)  # broken entries left out; build() reports them with the rest
 
 
 def read_dotenv(path):
@@ -124,9 +126,14 @@ def load_config(path):
         raise ConfigError([f"{where}: cannot read: {e.strerror}"]) from None
     except yaml.YAMLError as e:
         raise ConfigError([f"{where}: not valid YAML: {e}"]) from None
-    problems = schemas.problems("config.schema.yaml", raw, where)
-    if problems:
+    # A broken provider or alias entry is left out and reported with the rest, so that one
+    # `archgw validate` lists every problem; anything else broken stops here.
+    found = schemas.violations("config.schema.yaml", raw)
+    problems = [f"{where}: {schemas.json_path(path) or '(top level)'}: {message}" for path, message in found]
+    entries_only = all(len(path) >= 2 and path[0] in ENTRY_LISTS for path, _ in found)
+    if found and not entries_only:
         raise ConfigError(problems)
+    broken = {tuple(path[:2]) for path, _ in found}
 
     env = {**read_dotenv(path.parent / ".env"), **os.environ}
     warnings = [f"{where}: {key}: not supported yet (ignored)" for key in UNSUPPORTED if key in raw]
@@ -139,6 +146,8 @@ def load_config(path):
     key = "model_providers" if raw.get("model_providers") else "llm_providers"
     providers, unset = [], []
     for n, entry in enumerate(entries):
+        if (key, n) in broken:
+            continue
         for k in ("routing_preferences", "http_host"):
             if k in entry:
                 warnings.append(f"{where}: {key}[{n}].{k}: not supported yet (ignored)")
@@ -157,13 +166,15 @@ def load_config(path):
     if unset:
         raise ConfigError(unset)
     access = raw.get("access_log") or {}
-    aliases = {name: (spec["target"], *spec.get("fallbacks", ())) for name, spec in (raw.get("model_aliases") or {}).items()}
+    aliases = {name: (spec["target"], *spec.get("fallbacks", ()))
+               for name, spec in (raw.get("model_aliases") or {}).items() if ("model_aliases", name) not in broken}
     return Config(path=path, address=listener.get("address", "0.0.0.0"), port=listener.get("port", 12000),
                   max_body_bytes=parse_size(listener.get("max_body_size", DEFAULT_MAX_BODY)),
                   drain_seconds=parse_duration(listener.get("drain_timeout", 30)),
                   tracing=raw.get("tracing"), access_log_file=access.get("file") and str(path.parent / access["file"]), log_content=bool(access.get("content")),
                   providers=providers, aliases=aliases,
-                  rules_dirs=[str((path.parent / d).resolve()) for d in raw.get("rules") or ()], warnings=warnings)
+                  rules_dirs=[str((path.parent / d).resolve()) for d in raw.get("rules") or ()], warnings=warnings,
+                  problems=problems)
 
 
 def _listener(listeners, warnings, where):

@@ -28,7 +28,7 @@ class Runtime:
 def build(config_path, rules_dirs=()):
     config = load_config(config_path)
     rules = load_rules([*config.rules_dirs, *rules_dirs])
-    targets, warnings, problems, unserved = [], list(config.warnings), [], set()
+    targets, warnings, problems, unserved = [], list(config.warnings), list(config.problems), set()
     for cfg in config.providers:
         rule, model_id = provider_of(cfg, rules.providers)
         if rule is None and cfg.interface:

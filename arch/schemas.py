@@ -28,15 +28,19 @@ def json_path(parts):
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
 
 
-def problems(schema_name, data, where):
-    """Every schema violation in `data`, each as '<where>: <path>: <message>'."""
+def violations(schema_name, data):
+    """Every schema violation in `data` as (path parts, message)."""
     found = []
     for error in sorted(validator(schema_name).iter_errors(data), key=lambda e: list(map(str, e.path))):
         if error.context:  # oneOf/anyOf: name the field inside the closest branch, not the whole subtree
             error = jsonschema.exceptions.best_match([error])
-        path = json_path(error.absolute_path) or "(top level)"
-        found.append(f"{where}: {path}: {error.message}")
+        found.append((list(error.absolute_path), error.message))
     return found
+
+
+def problems(schema_name, data, where):
+    """Every schema violation in `data`, each as '<where>: <path>: <message>'."""
+    return [f"{where}: {json_path(path) or '(top level)'}: {message}" for path, message in violations(schema_name, data)]
 
 
 @lru_cache(maxsize=None)

@@ -137,8 +137,6 @@ def test_validate_lists_every_bad_alias_target(tmp_path):
     assert "model_aliases.other" in lines[1] and "'also-nope'" in lines[1]
 
 
-@pytest.mark.xfail(strict=True, reason="schema problems stop load_config before alias targets are checked, "
-                                       "so a bad alias target is only reported once the schema problems are fixed")
 def test_validate_lists_schema_and_alias_problems_together(tmp_path):
     path = write(tmp_path, """
         version: v0.1
