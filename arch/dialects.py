@@ -10,6 +10,7 @@ import json
 
 import fastjsonschema
 from jmespath import Options
+from jmespath.visitor import TreeInterpreter
 
 from . import schemas
 from .errors import ConfigError, GatewayError
@@ -17,13 +18,15 @@ from .functions import RuleFunctions
 from .mapping import compile_expr, compile_mapping, compile_steps, truthy
 
 
-def rule_options(spec):
-    return Options(custom_functions=RuleFunctions(spec.get("tables")))
+def rule_interpreter(spec):
+    """The JMESPath interpreter of one rules file (its functions see its `tables`), made
+    once and kept: jmespath's own search() builds one, method cache and all, per call."""
+    return TreeInterpreter(Options(custom_functions=RuleFunctions(spec.get("tables"))))
 
 
 class Dialect:
     def __init__(self, spec, where):
-        options = rule_options(spec)
+        interpreter = rule_interpreter(spec)
         self.name = spec["name"]
         self.path = spec["path"]
         self.request_schema = spec["request_schema"]
@@ -36,16 +39,16 @@ class Dialect:
         self.stream_literals = {s.encode() for s in stream.get("literals", ())}
         self.end_markers = [m.encode() for m in stream["end_markers"]]
         usage = stream.get("usage") or {}
-        self.usage_asked = compile_expr(usage["asked"], options, f"{where}: stream.usage.asked") if usage else None
-        self.usage_request = compile_expr(usage["request"], options, f"{where}: stream.usage.request") if usage else None
-        self.usage_event = compile_expr(usage["event"], options, f"{where}: stream.usage.event") if usage else None
+        self.usage_asked = compile_expr(usage["asked"], interpreter, f"{where}: stream.usage.asked") if usage else None
+        self.usage_request = compile_expr(usage["request"], interpreter, f"{where}: stream.usage.request") if usage else None
+        self.usage_event = compile_expr(usage["event"], interpreter, f"{where}: stream.usage.event") if usage else None
         # {field: [dotted paths, summed]}: plain data, read on every answer without JMESPath
         self._usage = {field: [path.split(".") for path in (paths if isinstance(paths, list) else [paths])]
                        for field, paths in spec["usage"].items()}
         err = spec["error"]
-        self._error_message = compile_expr(err["message"], options, f"{where}: error.message")
-        self._error_status = compile_expr(err["status"], options, f"{where}: error.status")
-        self._error_body = compile_expr(err["body"], options, f"{where}: error.body")
+        self._error_message = compile_expr(err["message"], interpreter, f"{where}: error.message")
+        self._error_status = compile_expr(err["status"], interpreter, f"{where}: error.status")
+        self._error_body = compile_expr(err["body"], interpreter, f"{where}: error.body")
 
     def validate(self, body):
         """Raise a 400 naming the first offending field, in the request's own terms."""
@@ -99,20 +102,20 @@ class StreamProgram:
     """A declared stream state machine: initial state, start steps, optional
     `split` of each event into parts, `events` rules (first match runs), `eof` rules."""
 
-    def __init__(self, spec, options, where):
+    def __init__(self, spec, interpreter, where):
         procedures = {}
         for name, steps in (spec.get("procedures") or {}).items():
-            procedures[name] = compile_steps(steps, options, procedures, f"{where}.procedures.{name}")
+            procedures[name] = compile_steps(steps, interpreter, procedures, f"{where}.procedures.{name}")
         self.state = dict(spec.get("state") or {})
-        self.start = compile_steps(spec.get("start"), options, procedures, f"{where}.start")
-        self.split = compile_expr(spec["split"], options, f"{where}.split") if "split" in spec else None
-        self.rules = self._rules(spec.get("events"), options, procedures, f"{where}.events")
-        self.eof = self._rules(spec.get("eof"), options, procedures, f"{where}.eof")
+        self.start = compile_steps(spec.get("start"), interpreter, procedures, f"{where}.start")
+        self.split = compile_expr(spec["split"], interpreter, f"{where}.split") if "split" in spec else None
+        self.rules = self._rules(spec.get("events"), interpreter, procedures, f"{where}.events")
+        self.eof = self._rules(spec.get("eof"), interpreter, procedures, f"{where}.eof")
 
     @staticmethod
-    def _rules(rules, options, procedures, where):
-        return [(compile_expr(r["when"], options, f"{where}[{n}].when"),
-                 compile_steps(r["do"], options, procedures, f"{where}[{n}].do"))
+    def _rules(rules, interpreter, procedures, where):
+        return [(compile_expr(r["when"], interpreter, f"{where}[{n}].when"),
+                 compile_steps(r["do"], interpreter, procedures, f"{where}[{n}].do"))
                 for n, r in enumerate(rules or ())]
 
     def new_state(self):
@@ -122,13 +125,13 @@ class StreamProgram:
 
 class Translation:
     def __init__(self, spec, where):
-        options = rule_options(spec)
+        interpreter = rule_interpreter(spec)
         self.client, self.provider = spec["client"], spec["provider"]
-        self.rejects = [(compile_expr(r["when"], options, f"{where}: reject[{n}].when"), r["message"], r.get("param"))
+        self.rejects = [(compile_expr(r["when"], interpreter, f"{where}: reject[{n}].when"), r["message"], r.get("param"))
                         for n, r in enumerate(spec.get("reject") or ())]
-        self._request = compile_mapping(spec["request"], options, f"{where}: request")
-        self._response = compile_mapping(spec["response"], options, f"{where}: response")
-        self.stream = StreamProgram(spec["stream"], options, f"{where}: stream")
+        self._request = compile_mapping(spec["request"], interpreter, f"{where}: request")
+        self._response = compile_mapping(spec["response"], interpreter, f"{where}: response")
+        self.stream = StreamProgram(spec["stream"], interpreter, f"{where}: stream")
 
     def request(self, body):
         for when, message, param in self.rejects:

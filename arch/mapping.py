@@ -9,26 +9,28 @@ Three shapes appear in the rules files:
   where `use` runs a named procedure (a list of steps) of the same file.
 Every expression is compiled here at load; requests only call the results.
 """
+from functools import partial
+
 import jmespath
 from jmespath.exceptions import JMESPathError
 
 from .errors import ConfigError
 
 
-def compile_expr(text, options, where):
+def compile_expr(text, interpreter, where):
     if not isinstance(text, str):
         return lambda root, constant=text: constant
     try:
-        parsed = jmespath.compile(text)
+        ast = jmespath.compile(text).parsed
     except JMESPathError as e:
         raise ConfigError([f"{where}: invalid JMESPath {text!r}: {e}"]) from None
-    return lambda root: parsed.search(root, options)
+    return partial(interpreter.visit, ast)
 
 
-def compile_mapping(spec, options, where):
+def compile_mapping(spec, interpreter, where):
     if not isinstance(spec, dict):
-        return compile_expr(spec, options, where)
-    fields = [(key, compile_mapping(value, options, f"{where}.{key}"), value is None) for key, value in spec.items()]
+        return compile_expr(spec, interpreter, where)
+    fields = [(key, compile_mapping(value, interpreter, f"{where}.{key}"), value is None) for key, value in spec.items()]
 
     def apply(root):
         out = {}
@@ -53,11 +55,11 @@ class Step:
         self.cond, self.sets, self.emits, self.end, self.use = cond, sets, emits, end, use
 
 
-def compile_steps(steps, options, procedures, where):
+def compile_steps(steps, interpreter, procedures, where):
     compiled = []
     for n, step in enumerate(steps or ()):
         here = f"{where}[{n}]"
-        cond = compile_expr(step["if"], options, f"{here}.if") if "if" in step else None
+        cond = compile_expr(step["if"], interpreter, f"{here}.if") if "if" in step else None
         if "use" in step:
             if step["use"] not in procedures:
                 raise ConfigError([f"{here}.use: no procedure named {step['use']!r}"])
@@ -67,8 +69,8 @@ def compile_steps(steps, options, procedures, where):
         emits = emits if isinstance(emits, list) else [emits]
         compiled.append(Step(
             cond=cond,
-            sets=[(k, compile_expr(v, options, f"{here}.set.{k}")) for k, v in (step.get("set") or {}).items()],
-            emits=[compile_expr(e, options, f"{here}.emit") for e in emits],
+            sets=[(k, compile_expr(v, interpreter, f"{here}.set.{k}")) for k, v in (step.get("set") or {}).items()],
+            emits=[compile_expr(e, interpreter, f"{here}.emit") for e in emits],
             end=bool(step.get("end")),
         ))
     return compiled
