@@ -267,6 +267,7 @@ class Chat(Base):
         raise failure
 
     async def _attempt(self, client, body, target):
+        self.record["provider"], self.record["model"] = target.provider, target.model
         data, translation, ask_usage = self._upstream_request(client, body, target)
         provider = self.runtime.rules.dialects[target.dialect]
         relay = None
@@ -274,7 +275,6 @@ class Chat(Base):
             relay = (Translate(translation.stream, {"model": target.model, "request": body}, client, provider)
                      if translation else Passthrough(client, strip=ask_usage))
         self.exchange = exchange = _Exchange(self, client, provider, relay)
-        self.record["provider"], self.record["model"] = target.provider, target.model
         self.set_header("x-arch-upstream-model", target.model)
         if not await self._send(target, target.url, data, exchange):
             return
