@@ -20,7 +20,7 @@ VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 UNSUPPORTED = ("agents", "endpoints", "overrides", "system_prompt", "prompt_targets", "prompt_guards",
                "ratelimits", "routing", "mode", "state_storage", "state_storage_v1_responses")
 # provider_interface values of the original Arch schema that name a provider differently here
-INTERFACE_ALIASES = {"claude": "anthropic", "arch": "openai"}
+INTERFACE_ALIASES = {"claude": "anthropic", "arch": "openai_compatible", "openai": "openai_compatible"}
 
 
 PROVIDER_KEYS = {"model", "name", "access_key", "base_url", "default", "provider_interface", "fallbacks",

@@ -225,15 +225,16 @@ class Chat(Base):
             raise error
         translation = self.runtime.rules.translation(client.name, target.dialect)
         ask_usage = translation is None and client.needs_usage_request(body)
-        if translation is None and not ask_usage and body["model"] == target.model and not target.rename:
+        if translation is None and not ask_usage and body["model"] == target.model:
             return self.request.body, None, False  # fast path: the client's bytes go out untouched
         out = translation.request(body) if translation else dict(body)
         out["model"] = target.model
         if ask_usage:  # for accounting; the extra event is not passed on (Passthrough strip)
             out.update(client.usage_request(body))
-        for old, new in target.rename.items():
-            if old in out:
-                out[new] = out.pop(old)
+        if translation:  # a client of this dialect chose its own field names; a translation did not
+            for old, new in target.rename.items():
+                if old in out:
+                    out[new] = out.pop(old)
         return json.dumps(out, ensure_ascii=False).encode(errors=_ESCAPE), translation, ask_usage
 
     async def _forward(self, client, body, route):

@@ -250,7 +250,7 @@ def test_seed_anthropic_sdk_with_openai_model(anth, openai_fake, anthropic_fake)
     assert message.stop_reason == "end_turn"
     [req] = openai_fake.requests
     assert_openai_upstream(req, "gpt-4o-mini")
-    assert req["body"]["max_tokens"] == 50
+    assert req["body"]["max_completion_tokens"] == 50 and "max_tokens" not in req["body"]  # rules/providers/openai.yaml
     assert [user_text(m) for m in req["body"]["messages"]] == ["Explain machine learning in simple terms"]
     assert anthropic_fake.requests == []
 

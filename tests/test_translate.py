@@ -73,7 +73,7 @@ def test_anthropic_client_text_from_openai(anth, openai_fake):
     assert req["headers"]["authorization"] == "Bearer sk-openai-secret"
     body = req["body"]
     assert body["model"] == GPT
-    assert body["max_tokens"] == 100
+    assert body["max_completion_tokens"] == 100  # OpenAI's name for it (rules/providers/openai.yaml `rename`)
     assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
 
 
@@ -421,11 +421,23 @@ def test_max_tokens_openai_to_anthropic(oai, anthropic_fake, kwargs, expected):
     assert "max_completion_tokens" not in body
 
 
-def test_max_tokens_anthropic_to_openai(anth, openai_fake):
+def test_max_tokens_anthropic_to_openai(anth, openai_fake, ollama_fake):
+    """OpenAI's reasoning models refuse max_tokens: OpenAI gets max_completion_tokens, other
+    compatible servers the max_tokens they all know."""
     openai_fake.enqueue(json=vector_json("openai/chat_completion_text.json"))
     anth.messages.create(model=GPT, max_tokens=321, messages=USER)
     body = _body(openai_fake)
-    assert body.get("max_tokens", body.get("max_completion_tokens")) == 321
+    assert body["max_completion_tokens"] == 321 and "max_tokens" not in body
+    anth.messages.create(model="llama3.1", max_tokens=123, messages=USER)
+    body = _body(ollama_fake)
+    assert body["max_tokens"] == 123 and "max_completion_tokens" not in body
+
+
+def test_openai_client_max_tokens_passes_through_to_openai(oai, openai_fake):
+    """A client speaking OpenAI chose its own field: the rename is for translations only."""
+    oai.chat.completions.create(model=GPT, max_tokens=77, messages=USER)
+    body = _body(openai_fake)
+    assert body["max_tokens"] == 77 and "max_completion_tokens" not in body
 
 
 @pytest.mark.parametrize("stop, expected", [
