@@ -111,7 +111,8 @@ def serve(gateway, workers=1):
     sockets = bind_sockets(config.port, config.address, reuse_port=workers > 1, backlog=4096)
     if workers > 1 and _supervise(workers):
         return  # the supervisor's workers have all exited
-    # Bodies over the configured limit still get read (up to 4x) so the client hears a 413 in its dialect.
+    # The hard cap for a chunked upload (one with a Content-Length over the limit gets its 413
+    # in the handler, whatever its size); below it, the handler answers 413 in the client's dialect.
     server = HTTPServer(gateway.application(), max_body_size=4 * config.max_body_bytes,
                         idle_connection_timeout=300)
     server.add_sockets(sockets)
