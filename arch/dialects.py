@@ -139,5 +139,6 @@ class Translation:
                 raise GatewayError(400, message, param)
         return self._request(body)
 
-    def response(self, body):
-        return self._response(body)
+    def response(self, body, request):
+        """The client's answer; expressions also see the client's request as `_request`."""
+        return self._response({**body, "_request": request})

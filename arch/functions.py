@@ -7,7 +7,9 @@ once per rules file, so that the YAML still reads as the whole mapping.
 Each structural function is the single place its rule lives; SPEC.md section
 numbers say where the rule comes from.
 """
+import hashlib
 import json
+import re
 import time
 import uuid as _uuid
 
@@ -126,6 +128,27 @@ def anthropic_messages(messages):
 
 # --- Anthropic messages -> OpenAI (SPEC §5) --------------------------------------------
 
+_OPENAI_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def openai_tool_name(name):
+    """A tool name OpenAI accepts (`^[a-zA-Z0-9_-]{1,64}$`, §12.18): others are made so,
+    the same way every time, so that `original_tool_name` can find them again."""
+    if name is None or _OPENAI_TOOL_NAME.match(name):
+        return name
+    safe = re.sub(r"[^a-zA-Z0-9_-]", "_", name)
+    if len(safe) <= 64:
+        return safe
+    return safe[:55] + "_" + hashlib.sha1(name.encode()).hexdigest()[:8]
+
+
+def original_tool_name(name, tools):
+    """The client's own name for a tool the provider knows by `openai_tool_name`."""
+    for tool in tools or ():
+        if isinstance(tool, dict) and openai_tool_name(tool.get("name")) == name:
+            return tool.get("name")
+    return name
+
 def _openai_part(block):
     kind = block.get("type")
     if kind == "text":
@@ -165,7 +188,8 @@ def openai_messages(system, messages):
         blocks = content or []
         if role == "assistant":
             text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
-            calls = [{"id": b.get("id"), "type": "function", "function": {"name": b.get("name"), "arguments": to_json(b.get("input") or {})}}
+            calls = [{"id": b.get("id"), "type": "function",
+                      "function": {"name": openai_tool_name(b.get("name")), "arguments": to_json(b.get("input") or {})}}
                      for b in blocks if b.get("type") == "tool_use"]
             msg = {"role": "assistant", "content": text or None}
             if calls:
@@ -192,7 +216,8 @@ def openai_messages(system, messages):
 
 # --- OpenAI response message -> Anthropic content (SPEC §6) -----------------------------
 
-def anthropic_content(message):
+def anthropic_content(message, tools=None):
+    """An OpenAI answer's message as Anthropic blocks; `tools` (the client's) give tool names back."""
     message = message or {}
     blocks = []
     if message.get("reasoning_content"):
@@ -205,7 +230,7 @@ def anthropic_content(message):
     for call in message.get("tool_calls") or ():
         fn = call.get("function") or {}
         blocks.append({"type": "tool_use", "id": call.get("id") or new_id("toolu_"),
-                       "name": fn.get("name"), "input": _parse_arguments(fn.get("arguments"))})
+                       "name": original_tool_name(fn.get("name"), tools), "input": _parse_arguments(fn.get("arguments"))})
     return blocks
 
 
@@ -299,9 +324,17 @@ class RuleFunctions(functions.Functions):
     def _func_anthropic_messages(self, messages):
         return anthropic_messages(messages)
 
-    @functions.signature({"types": ["object", "null"]})
-    def _func_anthropic_content(self, message):
-        return anthropic_content(message)
+    @functions.signature({"types": ["object", "null"]}, {"types": ["array", "null"]})
+    def _func_anthropic_content(self, message, tools):
+        return anthropic_content(message, tools)
+
+    @functions.signature({"types": ["string", "null"]})
+    def _func_openai_tool_name(self, name):
+        return openai_tool_name(name)
+
+    @functions.signature({"types": ["string", "null"]}, {"types": ["array", "null"]})
+    def _func_original_tool_name(self, name, tools):
+        return original_tool_name(name, tools)
 
     @functions.signature({"types": ["string", "array", "null"]}, {"types": ["array"]})
     def _func_openai_messages(self, system, messages):

@@ -285,7 +285,7 @@ class Chat(Base):
             raw = b"".join(exchange.buffer)
             if translation:
                 try:
-                    out = translation.response(json.loads(raw))
+                    out = translation.response(json.loads(raw), body)
                 except ValueError:
                     raise GatewayError(502, f"provider for '{target.name}' sent a response that is not JSON") from None
                 self.record["usage"] = client.usage(out.get("usage"))

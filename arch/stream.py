@@ -20,7 +20,7 @@ _decode = json.JSONDecoder().raw_decode
 def find_usage(data):
     """The `"usage": {...}` objects in a JSON body or SSE bytes, merged in
     order (Anthropic streams split usage over message_start and message_delta),
-    without parsing the rest: the pass-through path never parses the answer."""
+    without parsing the rest of a non-stream answer that goes through untouched."""
     found = None
     for m in _USAGE.finditer(data):
         try:

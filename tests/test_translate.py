@@ -17,7 +17,7 @@ import pytest
 
 from conftest import GATEWAY_ENV, ROOT, gateway_config, start_gateway
 from fakes import vector, vector_json
-from translate_util import CLAUDE, GPT, LLAMA, USER, anth_message, oai_completion, raw_post
+from translate_util import CLAUDE, GPT, LLAMA, USER, anth_message, oai_chunk, oai_completion, oai_sse, raw_post
 
 TOOLS_OAI = vector_json("openai/request_parallel_tools.json")["tools"]
 TOOLS_ANTH = vector_json("anthropic/request_parallel_tools.json")["tools"]
@@ -731,3 +731,44 @@ def test_builtin_rules_default_max_tokens(oai, anthropic_fake):
     oai.chat.completions.create(model=CLAUDE, messages=USER, user="bob")
     assert _body(anthropic_fake)["max_tokens"] == 4096
     assert _body(anthropic_fake)["metadata"] == {"user_id": "bob"}
+
+
+# --- tool names OpenAI would refuse (SPEC §12.18) -------------------------------------------
+
+LONG_TOOL = "mcp__github.create_pull_request_review_comment_on_a_specific_line_of_a_diff"  # 75 chars, a dot
+
+
+def _short_names(body):
+    return [t["function"]["name"] for t in body["tools"]]
+
+
+def test_long_tool_names_are_shortened_for_openai_and_restored_for_the_client(anth, openai_fake):
+    import re
+    tools = [{"name": LONG_TOOL, "input_schema": {"type": "object", "properties": {}}},
+             {"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}]
+    history = [{"role": "user", "content": "Hi"},
+               {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": LONG_TOOL, "input": {}}]},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]}]
+    openai_fake.enqueue(json=vector_json("openai/chat_completion_text.json"))
+    anth.messages.create(model=GPT, max_tokens=50, tools=tools, messages=history,
+                         tool_choice={"type": "tool", "name": LONG_TOOL})
+    sent = _body(openai_fake)
+    short, weather = _short_names(sent)
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", short) and weather == "get_weather"  # valid names untouched
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": short}}
+    assert sent["messages"][1]["tool_calls"][0]["function"]["name"] == short
+
+    # the provider calls the tool by the name it knows; the client hears its own name back
+    call = {"id": "call_1", "type": "function", "function": {"name": short, "arguments": "{\"a\": 1}"}}
+    openai_fake.enqueue(json=oai_completion({"tool_calls": [call]}, finish="tool_calls"))
+    message = anth.messages.create(model=GPT, max_tokens=50, tools=tools, messages=USER)
+    [block] = message.content
+    assert (block.type, block.name, block.input) == ("tool_use", LONG_TOOL, {"a": 1})
+
+    first = {"index": 0, "id": "call_2", "type": "function", "function": {"name": short, "arguments": ""}}
+    openai_fake.enqueue(sse=oai_sse([oai_chunk({"role": "assistant", "content": None, "tool_calls": [first]}),
+                                     oai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+                                     oai_chunk({}, "tool_calls")]))
+    with anth.messages.stream(model=GPT, max_tokens=50, tools=tools, messages=USER) as stream:
+        final = stream.get_final_message()
+    assert [(b.type, b.name) for b in final.content] == [("tool_use", LONG_TOOL)]
