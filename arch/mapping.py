@@ -9,12 +9,11 @@ Three shapes appear in the rules files:
   where `use` runs a named procedure (a list of steps) of the same file.
 Every expression is compiled here at load; requests only call the results.
 """
-from functools import partial
-
 import jmespath
 from jmespath.exceptions import JMESPathError
 
 from .errors import ConfigError
+from .jmes import compile_node, is_false
 
 
 def compile_expr(text, interpreter, where):
@@ -24,7 +23,7 @@ def compile_expr(text, interpreter, where):
         ast = jmespath.compile(text).parsed
     except JMESPathError as e:
         raise ConfigError([f"{where}: invalid JMESPath {text!r}: {e}"]) from None
-    return partial(interpreter.visit, ast)
+    return compile_node(ast, interpreter)
 
 
 def compile_mapping(spec, interpreter, where):
@@ -99,5 +98,4 @@ def run_steps(steps, root, out):
 
 
 def truthy(value):
-    # JMESPath truth: false, null, "", [] and {} are false; 0 is true.
-    return value is not None and value is not False and value != "" and value != [] and value != {}
+    return not is_false(value)
