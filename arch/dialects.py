@@ -7,15 +7,19 @@ client, an Anthropic provider): request, response and stream mappings.
 Nothing in here names a particular dialect; the YAML does.
 """
 import json
+import logging
 
 import fastjsonschema
 from jmespath import Options
+from jmespath.exceptions import JMESPathError
 from jmespath.visitor import TreeInterpreter
 
 from . import schemas
 from .errors import ConfigError, GatewayError
 from .functions import RuleFunctions
 from .mapping import compile_expr, compile_mapping, compile_steps, truthy
+
+log = logging.getLogger("arch")
 
 
 def rule_interpreter(spec):
@@ -137,7 +141,12 @@ class Translation:
         for when, message, param in self.rejects:
             if truthy(when(body)):
                 raise GatewayError(400, message, param)
-        return self._request(body)
+        try:
+            return self._request(body)
+        except (TypeError, AttributeError, KeyError, ValueError, JMESPathError) as e:
+            # a shape the schema let through but the mapping cannot read: the request's fault
+            log.warning("cannot translate a %s request for %s: %r", self.client, self.provider, e, exc_info=True)
+            raise GatewayError(400, f"the request cannot be translated for a {self.provider} model: {e}") from None
 
     def response(self, body, request):
         """The client's answer; expressions also see the client's request as `_request`."""

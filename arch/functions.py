@@ -152,7 +152,9 @@ def original_tool_name(name, tools):
 def _openai_part(block):
     kind = block.get("type")
     if kind == "text":
-        return {"type": "text", "text": block.get("text", "")}
+        if not isinstance(block.get("text"), str):
+            raise GatewayError(400, "a text block needs its text, a string")
+        return {"type": "text", "text": block["text"]}
     if kind in ("image", "document"):
         src = block.get("source") or {}
         if src.get("type") == "base64":
