@@ -160,7 +160,9 @@ class AccessLog:
     def lines(self):
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        text = self.path.read_text()
+        complete = text[:text.rfind("\n") + 1]  # a line still being written waits for the next look
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def mark(self):
         return len(self.lines())
