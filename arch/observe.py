@@ -1,8 +1,8 @@
 """What operators see: Prometheus metrics, one JSON access-log line per
 request, token usage and its cost.
 
-Handlers fill a plain `record` dict as a request goes; `Observer.done` turns
-it into metrics, a log line and a span. Under `--workers N` the metrics live
+Handlers fill a plain `record` dict as a request goes; `done` turns it into
+metrics, a log line and a span. Under `--workers N` the metrics live
 in prometheus_client's multiprocess files (PROMETHEUS_MULTIPROC_DIR, set by
 the CLI before this module is imported), so any worker answers a scrape with
 the sum of all of them, and `/v1/usage` is read from the same counters.
@@ -12,23 +12,10 @@ import os
 import sys
 import time
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
-                               generate_latest)
-from prometheus_client import multiprocess
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest, multiprocess)
 
 from .tracing import tracer
-
-_access = {"path": None, "stream": None}  # where access lines go; set by open_access_log
-
-
-def open_access_log(path):
-    """Send access lines to `path` (appended, a line at a time) or, with None, to stderr."""
-    if path == _access["path"] and _access["stream"] is not None:
-        return
-    old = _access["stream"]
-    _access["path"], _access["stream"] = path, open(path, "a", buffering=1) if path else sys.stderr
-    if old is not None and old is not sys.stderr:
-        old.close()
 
 LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
@@ -50,13 +37,24 @@ INFLIGHT = Gauge("arch_inflight_requests", "Requests in flight", multiprocess_mo
 STREAMS = Gauge("arch_inflight_streams", "Streams in flight", multiprocess_mode="livesum")
 RELOADS = Counter("arch_config_reloads_total", "Configuration reloads", ["result"])
 
+_access = {"path": None, "stream": None}  # where access lines go; set by open_access_log
+
+
+def open_access_log(path):
+    """Send access lines to `path` (appended, a line at a time) or, with None, to stderr."""
+    if path == _access["path"] and _access["stream"] is not None:
+        return
+    old = _access["stream"]
+    _access["path"], _access["stream"] = path, open(path, "a", buffering=1) if path else sys.stderr
+    if old is not None and old is not sys.stderr:
+        old.close()
+
 
 def registry():
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         reg = CollectorRegistry()
         multiprocess.MultiProcessCollector(reg)
         return reg
-    from prometheus_client import REGISTRY
     return REGISTRY
 
 
