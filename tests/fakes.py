@@ -108,8 +108,12 @@ class FakeProvider:
         self._httpd: _Server | None = None
 
     # -- lifecycle -------------------------------------------------------------
-    def start(self):
+    def start(self, tls=None):
+        """Serve in a thread; with `tls` (an ssl.SSLContext) over HTTPS, as real providers do."""
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+        self._scheme = "https" if tls else "http"
         self._httpd.fake = self
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
@@ -121,7 +125,7 @@ class FakeProvider:
 
     @property
     def url(self) -> str:
-        return "http://127.0.0.1:%d" % self._httpd.server_address[1]
+        return "%s://127.0.0.1:%d" % (self._scheme, self._httpd.server_address[1])
 
     # -- recording -------------------------------------------------------------
     @property
