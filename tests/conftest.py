@@ -191,13 +191,23 @@ def gateway(openai_fake, anthropic_fake, ollama_fake):
     gw.stop()
 
 
+def openai_client(server, key="test-key", **options):
+    """The official OpenAI SDK pointed at `server` (anything with a .url), no SDK retries."""
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, **options)
+
+
+def anthropic_client(server, key="test-key", **options):
+    """The official Anthropic SDK pointed at `server` (anything with a .url), no SDK retries."""
+    return anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0, **options)
+
+
 @pytest.fixture
 def oai(gateway):
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="test-key", max_retries=0) as client:
+    with openai_client(gateway) as client:
         yield client
 
 
 @pytest.fixture
 def anth(gateway):
-    with anthropic.Anthropic(base_url=gateway.url, api_key="test-key", max_retries=0) as client:
+    with anthropic_client(gateway) as client:
         yield client

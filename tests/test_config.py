@@ -17,11 +17,10 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-import anthropic
-import openai
 import pytest
 
-from conftest import GATEWAY_ENV, ROOT, GatewayStartError, free_port, launch, start_gateway
+from conftest import (GATEWAY_ENV, ROOT, GatewayStartError, anthropic_client,
+                      free_port, launch, openai_client, start_gateway)
 
 CLAUDE = "claude-3-5-sonnet-20241022"
 
@@ -343,7 +342,7 @@ def test_original_v01_file_serves(v01_gateway, openai_fake, anthropic_fake, olla
     out = v01_gateway.output()
     assert re.search(r"prompt_targets: .*not supported", out)
     assert re.search(r"listeners.ingress_traffic: .*not supported", out)
-    with openai.OpenAI(base_url=v01_gateway.url + "/v1", api_key="test-key", max_retries=0) as client:
+    with openai_client(v01_gateway) as client:
         r = client.chat.completions.create(model="arch.summarize.v1", messages=[{"role": "user", "content": "hi"}])
         assert r.choices[0].message.content == "Hello from gpt-4o-mini!"
         assert openai_fake.last["body"]["model"] == "gpt-4o-mini"
@@ -353,7 +352,7 @@ def test_original_v01_file_serves(v01_gateway, openai_fake, anthropic_fake, olla
         r = client.chat.completions.create(model="llama3.1", messages=[{"role": "user", "content": "hi"}])
         assert r.choices[0].message.content == "Hello from llama3.1!"
         assert ollama_fake.last["path"] == "/v1/chat/completions"
-    with anthropic.Anthropic(base_url=v01_gateway.url, api_key="test-key", max_retries=0) as client:
+    with anthropic_client(v01_gateway) as client:
         m = client.messages.create(model=CLAUDE, max_tokens=5, messages=[{"role": "user", "content": "hi"}])
         assert m.content[0].text == f"Hello from {CLAUDE}!"
         assert anthropic_fake.last["headers"]["x-api-key"] == "sk-ant-secret"
@@ -377,7 +376,7 @@ def test_listener_list_and_model_providers_serve(workdir, openai_fake, anthropic
     gw = launch(workdir, port, {**os.environ, **GATEWAY_ENV})
     try:
         assert re.search(r"listeners\[1\]: .*not supported", gw.output())
-        with openai.OpenAI(base_url=gw.url + "/v1", api_key="test-key", max_retries=0) as client:
+        with openai_client(gw) as client:
             r = client.chat.completions.create(model="fast-llm", messages=[{"role": "user", "content": "hi"}])
             assert r.choices[0].message.content == "Hello from gpt-4o!"
             assert openai_fake.last["body"]["model"] == "gpt-4o"
@@ -415,7 +414,7 @@ def test_dotenv_beside_the_config_supplies_keys(workdir, openai_fake, anthropic_
     gw = launch(workdir, port, env)
     try:
         assert "is not set" not in gw.output()
-        with openai.OpenAI(base_url=gw.url + "/v1", api_key="test-key", max_retries=0) as client:
+        with openai_client(gw) as client:
             client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
             assert openai_fake.last["headers"]["authorization"] == "Bearer sk-from-dotenv-openai"
             client.chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "hi"}])
@@ -441,7 +440,7 @@ def test_env_var_in_base_url(workdir, openai_fake):
         """))
     gw = launch(workdir, port, env_without_keys(ARCH_TEST_KEY_FROM_ENV="sk-from-environment"))
     try:
-        with openai.OpenAI(base_url=gw.url + "/v1", api_key="test-key", max_retries=0) as client:
+        with openai_client(gw) as client:
             r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         assert r.choices[0].message.content == "Hello from gpt-4o-mini!"
         assert openai_fake.last["headers"]["authorization"] == "Bearer sk-from-environment"

@@ -18,7 +18,7 @@ import anthropic
 import openai
 import pytest
 
-from conftest import GATEWAY_ENV, free_port, start_gateway
+from conftest import GATEWAY_ENV, anthropic_client, free_port, openai_client, start_gateway
 from fakes import parse_sse, vector, vector_json
 
 CLIENT_KEY = "test-key"
@@ -367,7 +367,7 @@ def test_seed_cross_client_openai_sdk_claude(gateway, anthropic_fake):
 
 
 def test_seed_cross_client_anthropic_sdk_openai_model(gateway, openai_fake):
-    client = anthropic.Anthropic(base_url=gateway.url, api_key="test", max_retries=0)
+    client = anthropic_client(gateway, "test")
     response = client.messages.create(
         model="gpt-4o-mini",  # OpenAI model
         max_tokens=50,
@@ -395,7 +395,7 @@ def test_seed_mix_and_match_alias(gateway, anthropic_fake):
 
 
 def test_seed_openai_error_handling_unknown_model(gateway, openai_fake, anthropic_fake, ollama_fake):
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="test", max_retries=0)
+    client = openai_client(gateway, "test")
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(
             model="nonexistent-model",
@@ -412,7 +412,7 @@ def test_seed_openai_error_handling_unknown_model(gateway, openai_fake, anthropi
 
 
 def test_seed_anthropic_error_handling_unknown_model(gateway, openai_fake, anthropic_fake):
-    client = anthropic.Anthropic(base_url=gateway.url, api_key="test", max_retries=0)
+    client = anthropic_client(gateway, "test")
     with pytest.raises(anthropic.NotFoundError) as info:
         client.messages.create(
             model="nonexistent-model",
@@ -991,13 +991,13 @@ def aux(openai_fake, anthropic_fake):
 
 @pytest.fixture
 def aux_oai(aux):
-    with openai.OpenAI(base_url=aux.url + "/v1", api_key=CLIENT_KEY, max_retries=0) as client:
+    with openai_client(aux, CLIENT_KEY) as client:
         yield client
 
 
 @pytest.fixture
 def aux_anth(aux):
-    with anthropic.Anthropic(base_url=aux.url, api_key=CLIENT_KEY, max_retries=0) as client:
+    with anthropic_client(aux, CLIENT_KEY) as client:
         yield client
 
 

@@ -15,7 +15,7 @@ import anthropic
 import openai
 import pytest
 
-from conftest import _with_port
+from conftest import _with_port, anthropic_client, openai_client
 from fakes import parse_sse, token_count, vector, vector_json
 
 ANTH_HEADERS = {"x-api-key": "sk-ant", "anthropic-version": "2023-06-01"}
@@ -277,7 +277,7 @@ def test_keep_alive_and_concurrency(openai_fake):
 # -- the real SDKs accept the fakes ---------------------------------------------------------
 
 def test_openai_sdk(openai_fake):
-    client = openai.OpenAI(base_url=openai_fake.url + "/v1", api_key="sk", max_retries=0)
+    client = openai_client(openai_fake, "sk")
     msgs = [{"role": "user", "content": "hi"}]
     c = client.chat.completions.create(model="gpt-4o", messages=msgs)
     assert c.choices[0].message.content == "Hello from gpt-4o!" and c._request_id == "req_1"
@@ -293,7 +293,7 @@ def test_openai_sdk(openai_fake):
 
 
 def test_openai_sdk_errors(openai_fake):
-    client = openai.OpenAI(base_url=openai_fake.url + "/v1", api_key="sk", max_retries=0)
+    client = openai_client(openai_fake, "sk")
     openai_fake.enqueue(404, vector("openai/error_404_model_not_found.json"))
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="gpt-nonexistent", messages=[])
@@ -307,7 +307,7 @@ def test_openai_sdk_errors(openai_fake):
 
 
 def test_anthropic_sdk(anthropic_fake):
-    client = anthropic.Anthropic(base_url=anthropic_fake.url, api_key="sk-ant", max_retries=0)
+    client = anthropic_client(anthropic_fake, "sk-ant")
     kw = {"model": "claude-x", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
     m = client.messages.create(**kw)
     assert m.content[0].text == "Hello from claude-x!" and m._request_id == "req_1"
@@ -320,7 +320,7 @@ def test_anthropic_sdk(anthropic_fake):
 
 
 def test_anthropic_sdk_errors(anthropic_fake):
-    client = anthropic.Anthropic(base_url=anthropic_fake.url, api_key="sk-ant", max_retries=0)
+    client = anthropic_client(anthropic_fake, "sk-ant")
     kw = {"model": "claude-x", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
     anthropic_fake.enqueue(529, vector("anthropic/error_529_overloaded.json"))
     with pytest.raises(anthropic.OverloadedError):

@@ -23,7 +23,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import GATEWAY_ENV, ROOT, start_gateway
+from conftest import GATEWAY_ENV, ROOT, anthropic_client, openai_client, start_gateway
 from reliability_util import (CLAUDE, USER, anth_sse, assert_dialect_error, config, fd_count, health, oai_sse, post,
                               sse_frames)
 
@@ -501,8 +501,8 @@ def _split(data, raw):
 
 def _client(gw, dialect):
     if dialect == "openai":
-        return openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0, timeout=5)
-    return anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0, timeout=5)
+        return openai_client(gw, "k", timeout=5)
+    return anthropic_client(gw, "k", timeout=5)
 
 
 def _stream_outcome(client, model):

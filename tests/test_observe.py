@@ -30,7 +30,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import GATEWAY_ENV, ROOT, gateway_config, start_gateway
+from conftest import GATEWAY_ENV, ROOT, anthropic_client, gateway_config, openai_client, start_gateway
 from fakes import token_count
 
 PRICES = yaml.safe_load((ROOT / "rules" / "prices.yaml").read_text())
@@ -257,13 +257,13 @@ def gw_content(openai_fake, anthropic_fake, ollama_fake, collector, log_dir):
 
 @pytest.fixture
 def oai(gw):
-    with openai.OpenAI(base_url=gw.url + "/v1", api_key="test-key", max_retries=0) as client:
+    with openai_client(gw) as client:
         yield client
 
 
 @pytest.fixture
 def anth(gw):
-    with anthropic.Anthropic(base_url=gw.url, api_key="test-key", max_retries=0) as client:
+    with anthropic_client(gw) as client:
         yield client
 
 
@@ -562,7 +562,7 @@ def test_access_log_one_line_per_chat_request(gw, oai, anth, openai_fake, anthro
 
 
 def test_access_log_content_option_logs_the_body(gw_content, openai_fake):
-    with openai.OpenAI(base_url=gw_content.url + "/v1", api_key="test-key", max_retries=0) as client:
+    with openai_client(gw_content) as client:
         mine = rid("content")
         raw = client.chat.completions.with_raw_response.create(model="fast-model", messages=msgs(),
                                                                extra_headers=hdr(mine))
@@ -785,7 +785,7 @@ def test_unsampled_traceparent_exports_nothing(gw, oai, openai_fake, collector):
 
 
 def test_random_sampling_zero_exports_only_sampled_traceparents(gw_content, openai_fake, collector):
-    with openai.OpenAI(base_url=gw_content.url + "/v1", api_key="test-key", max_retries=0) as client:
+    with openai_client(gw_content) as client:
         skipped = [rid("zero") for _ in range(3)]
         for r in skipped:
             client.chat.completions.create(model="fast-model", messages=msgs(), extra_headers=hdr(r))
@@ -809,7 +809,7 @@ def test_tracing_off_passes_traceparent_through(openai_fake, anthropic_fake, oll
                         env={**GATEWAY_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url})
     try:
         incoming = f"00-{uuid.uuid4().hex}-{'ef' * 8}-01"
-        with openai.OpenAI(base_url=gw3.url + "/v1", api_key="k", max_retries=0) as client:
+        with openai_client(gw3, "k") as client:
             client.chat.completions.create(model="fast-model", messages=msgs(),
                                            extra_headers={"traceparent": incoming})
         assert openai_fake.last["headers"]["traceparent"] == incoming
@@ -828,10 +828,8 @@ def test_metrics_are_summed_over_workers(openai_fake, anthropic_fake, ollama_fak
         fresh = httpx2.Limits(max_keepalive_connections=0)  # a new connection, so any worker, per request
         inp = out = 0
         ids = []
-        with openai.OpenAI(base_url=gw2.url + "/v1", api_key="k", max_retries=0,
-                           http_client=httpx2.Client(limits=fresh)) as oai2, \
-                anthropic.Anthropic(base_url=gw2.url, api_key="k", max_retries=0,
-                                    http_client=httpx2.Client(limits=fresh)) as anth2:
+        with openai_client(gw2, "k", http_client=httpx2.Client(limits=fresh)) as oai2, \
+                anthropic_client(gw2, "k", http_client=httpx2.Client(limits=fresh)) as anth2:
             for _ in range(20):
                 ids += [rid("w-oai"), rid("w-anth")]
                 r = oai2.chat.completions.create(model="fast-model", messages=msgs(), extra_headers=hdr(ids[-2]))

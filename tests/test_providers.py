@@ -20,7 +20,7 @@ import openai
 import pytest
 import yaml
 
-from conftest import ROOT, start_gateway
+from conftest import ROOT, anthropic_client, openai_client, start_gateway
 from fakes import token_count
 
 CLIENT_KEY = "sk-client-key-must-not-leak"
@@ -130,13 +130,13 @@ def gw(openai_fake, anthropic_fake):
 
 @pytest.fixture
 def oai(gw):
-    with openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY, max_retries=0) as client:
+    with openai_client(gw, CLIENT_KEY) as client:
         yield client
 
 
 @pytest.fixture
 def anth(gw):
-    with anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0) as client:
+    with anthropic_client(gw, CLIENT_KEY) as client:
         yield client
 
 
@@ -331,7 +331,7 @@ def rules_gw(request, rules_dir, openai_fake):
 
 
 def chat(gw, model):
-    with openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY, max_retries=0) as client:
+    with openai_client(gw, CLIENT_KEY) as client:
         return client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
 
 

@@ -18,7 +18,7 @@ import anthropic
 import openai
 import pytest
 
-from conftest import GATEWAY_ENV, start_gateway
+from conftest import GATEWAY_ENV, anthropic_client, openai_client, start_gateway
 from reliability_util import (CLAUDE, USER, BlackHole, anth_sse, assert_dialect_error, closed_port, config,
                               fd_count, health, oai_sse, post, settle, sse_frames, wait_for)
 
@@ -42,8 +42,8 @@ def fakes(openai_fake, anthropic_fake, ollama_fake):
 
 def sdk(gw, dialect, timeout=10.0):
     if dialect == "openai":
-        return openai.OpenAI(base_url=gw.url + "/v1", api_key="test-key", max_retries=0, timeout=timeout)
-    return anthropic.Anthropic(base_url=gw.url, api_key="test-key", max_retries=0, timeout=timeout)
+        return openai_client(gw, timeout=timeout)
+    return anthropic_client(gw, timeout=timeout)
 
 
 def ask(client, model, **kw):

@@ -20,7 +20,7 @@ import openai
 import pytest
 import yaml
 
-from conftest import start_gateway
+from conftest import openai_client, start_gateway
 
 KEYS = {"OPENAI_API_KEY": "sk-openai-reload", "ANTHROPIC_API_KEY": "sk-ant-reload", "ACME_KEY": "sk-acme-reload"}
 RELOADED = "configuration reloaded from"
@@ -65,7 +65,7 @@ def gw(base, rules_dir):
 
 @pytest.fixture
 def oai(gw):
-    with openai.OpenAI(base_url=gw.url + "/v1", api_key="client-key", max_retries=0) as client:
+    with openai_client(gw, "client-key") as client:
         yield client
 
 

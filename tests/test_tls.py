@@ -11,7 +11,7 @@ import subprocess
 import openai
 import pytest
 
-from conftest import GATEWAY_ENV, start_gateway
+from conftest import GATEWAY_ENV, openai_client, start_gateway
 from fakes import FakeOpenAI
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
@@ -44,7 +44,7 @@ def config(fake):
 
 
 def client(gw):
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key="test-key", max_retries=0)
+    return openai_client(gw)
 
 
 def test_https_provider_non_stream_and_stream(tls_fake):

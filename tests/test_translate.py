@@ -15,7 +15,7 @@ import anthropic
 import openai
 import pytest
 
-from conftest import GATEWAY_ENV, ROOT, gateway_config, start_gateway
+from conftest import GATEWAY_ENV, ROOT, gateway_config, openai_client, start_gateway
 from fakes import vector, vector_json
 from translate_util import CLAUDE, GPT, LLAMA, USER, anth_message, oai_chunk, oai_completion, oai_sse, raw_post
 
@@ -713,7 +713,7 @@ def test_editing_rules_yaml_changes_the_mapping(tmp_path, openai_fake, anthropic
     config["rules"] = [str(rules)]
     gw = start_gateway(config, env=GATEWAY_ENV)
     try:
-        with openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0) as client:
+        with openai_client(gw, "k") as client:
             anthropic_fake.enqueue(json=vector_json("anthropic/message_text.json"))
             client.chat.completions.create(model=CLAUDE, messages=USER, user="bob")
             body = _body(anthropic_fake)

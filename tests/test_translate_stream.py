@@ -14,6 +14,7 @@ import anthropic
 import openai
 import pytest
 
+from conftest import anthropic_client, openai_client
 from fakes import token_count, vector, vector_json
 from translate_util import (CLAUDE, GPT, LLAMA, USER, anthropic_events, anth_text_stream, oai_chunk, oai_sse,
                             oai_text_stream, openai_frames, parse_sse, raw_post, vector_text)
@@ -685,7 +686,7 @@ def test_twenty_concurrent_cross_dialect_streams(gateway, openai_fake, anthropic
     barrier = threading.Barrier(2 * n_each)
 
     def via_openai(i):
-        with openai.OpenAI(base_url=gateway.url + "/v1", api_key="k", max_retries=0) as client:
+        with openai_client(gateway, "k") as client:
             barrier.wait()
             chunks = list(client.chat.completions.create(
                 model=CLAUDE, messages=[{"role": "user", "content": f"openai-thread-{i}"}], stream=True,
@@ -693,7 +694,7 @@ def test_twenty_concurrent_cross_dialect_streams(gateway, openai_fake, anthropic
             results[("o", i)] = chunks
 
     def via_anthropic(i):
-        with anthropic.Anthropic(base_url=gateway.url, api_key="k", max_retries=0) as client:
+        with anthropic_client(gateway, "k") as client:
             barrier.wait()
             with client.messages.stream(model=GPT, max_tokens=100, tools=TOOLS_ANTH,
                                         messages=[{"role": "user", "content": f"anthropic-thread-{i}"}]) as s:
@@ -741,7 +742,7 @@ def test_concurrent_default_replies_usage_is_per_request(gateway, anthropic_fake
 
     def one(i):
         try:
-            with openai.OpenAI(base_url=gateway.url + "/v1", api_key="k", max_retries=0) as client:
+            with openai_client(gateway, "k") as client:
                 chunks = list(client.chat.completions.create(
                     model=CLAUDE, messages=[{"role": "user", "content": f"q{i}-" + "x" * (37 * i)}], stream=True,
                     stream_options={"include_usage": True}))
