@@ -6,8 +6,8 @@ import os
 import sys
 import tempfile
 
-from .errors import ConfigError
-from .runtime import build
+from arch.errors import ConfigError
+from arch.runtime import build
 
 
 def main(argv=None):
@@ -53,7 +53,7 @@ def _up(args):
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # must be set before prometheus_client is imported, so every worker writes shared files
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="archgw-metrics-")
-    from .server import Gateway, serve  # tornado's server and metrics only when serving
+    from arch.http.server import Gateway, serve  # tornado's server and metrics only when serving
     _use_uvloop()
 
     try:

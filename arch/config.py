@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from . import schemas
-from .errors import ConfigError
+from arch import schemas
+from arch.errors import ConfigError
 
 VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 UNSUPPORTED = ("agents", "endpoints", "overrides", "system_prompt", "prompt_targets", "prompt_guards",

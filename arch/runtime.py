@@ -4,10 +4,10 @@ assignment, so a request holds the snapshot it started with to its end and a
 broken edit never replaces a working snapshot."""
 from dataclasses import dataclass
 
-from .config import Config, load_config
-from .errors import ConfigError
-from .resolve import Routes, make_target, provider_of
-from .rules import RuleSet, load_rules
+from arch.config import Config, load_config
+from arch.errors import ConfigError
+from arch.route.resolve import Routes, make_target, provider_of
+from arch.rules.load import RuleSet, load_rules
 
 
 @dataclass(frozen=True)

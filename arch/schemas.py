@@ -6,7 +6,7 @@ import fastjsonschema
 import jsonschema
 import yaml
 
-from .errors import GatewayError
+from arch.errors import GatewayError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"

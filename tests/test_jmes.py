@@ -1,4 +1,4 @@
-"""The JMESPath compiler (arch/jmes.py) against jmespath itself.
+"""The JMESPath compiler (arch/rules/jmes.py) against jmespath itself.
 
 Every expression in the built-in rules, and a set covering each kind of node,
 is evaluated both ways on the recorded vectors and on random JSON: same value,
@@ -12,8 +12,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arch.dialects import rule_interpreter
-from arch.jmes import compile_node
+from arch.rules.dialects import rule_interpreter
+from arch.rules.jmes import compile_node
 from fakes import vector_json
 
 ROOT = Path(__file__).resolve().parent.parent

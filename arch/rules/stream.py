@@ -11,7 +11,7 @@ silent clean end would make truncation look like success.
 import json
 import re
 
-from .mapping import run_steps, truthy
+from arch.rules.mapping import run_steps, truthy
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _decode = json.JSONDecoder().raw_decode

@@ -14,12 +14,14 @@ import uuid
 
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from . import observe, schemas
-from .errors import GatewayError
-from .functions import estimate_tokens
-from .stream import Passthrough, StreamBroken, Translate, find_usage
-from .tracing import tracer
-from .upstream import Call, UpstreamError
+from arch.observe import report
+
+from arch import schemas
+from arch.errors import GatewayError
+from arch.rules.functions import estimate_tokens
+from arch.rules.stream import Passthrough, StreamBroken, Translate, find_usage
+from arch.observe.tracing import tracer
+from arch.upstream.client import Call, UpstreamError
 
 log = logging.getLogger("arch")
 
@@ -125,7 +127,7 @@ class Metrics(Base):
     """GET /metrics: Prometheus text format (all workers' numbers under --workers N)."""
 
     def get(self):
-        body, content_type = observe.metrics_text()
+        body, content_type = report.metrics_text()
         self.set_header("Content-Type", content_type)
         self.finish(body)
 
@@ -134,7 +136,7 @@ class Usage(Base):
     """GET /v1/usage: tokens and cost so far, by model and alias."""
 
     def get(self):
-        self.send_json(200, observe.usage_summary())
+        self.send_json(200, report.usage_summary())
 
 
 @stream_request_body
@@ -152,7 +154,7 @@ class Chat(Base):
 
     def prepare(self):
         super().prepare()
-        self.record = record = observe.new_record(self.request.path, self.dialect)
+        self.record = record = report.new_record(self.request.path, self.dialect)
         record["request_id"] = self.request_id
         record["trace"] = tracer.start(self.request.headers.get("traceparent"))
         self._parts = []
@@ -174,7 +176,7 @@ class Chat(Base):
         self.request.body = b"".join(self._parts or ())
         self.record["bytes_in"] = len(self.request.body)
         self.gateway.inflight += 1
-        observe.INFLIGHT.inc()
+        report.INFLIGHT.inc()
         try:
             await self._serve()
         except GatewayError as e:
@@ -183,13 +185,13 @@ class Chat(Base):
                 self.send_error_json(e)
         finally:
             self.gateway.inflight -= 1
-            observe.INFLIGHT.dec()
+            report.INFLIGHT.dec()
             exchange = self.exchange
             if exchange is not None and exchange.committed:  # a stream, however it ended
-                observe.STREAMS.dec()
+                report.STREAMS.dec()
                 self.record["usage"] = exchange.provider.usage(exchange.relay.usage)
             self.record["status"] = self.get_status() if self._finished else 499  # 499: the client left first
-            observe.done(self.record, self.runtime.rules.prices, self.request.remote_ip,
+            report.done(self.record, self.runtime.rules.prices, self.request.remote_ip,
                          self.request.body.decode("utf-8", "replace") if self.runtime.config.log_content else None)
 
     async def _serve(self):
@@ -259,7 +261,7 @@ class Chat(Base):
                         break
                     log.info("%s: %s; retry %d in %.2fs", self.request_id, e.message, attempt + 1, delay)
                     record["retries"] += 1
-                    observe.RETRIES.labels(target.provider, target.model).inc()
+                    report.RETRIES.labels(target.provider, target.model).inc()
                     await asyncio.sleep(delay)
                     if self.client_gone:
                         return
@@ -313,7 +315,7 @@ class Chat(Base):
         try:
             await self.gateway.pool.send(self.call, "POST", url, headers, data, target.policy.timeouts)
         except UpstreamError as e:
-            observe.UPSTREAM_ERRORS.labels(target.provider, target.model, e.kind).inc()
+            report.UPSTREAM_ERRORS.labels(target.provider, target.model, e.kind).inc()
             if exchange.committed and not self.client_gone:
                 exchange.fail(str(e))
             if exchange.committed or self.client_gone:
@@ -323,7 +325,7 @@ class Chat(Base):
             error.fallback = True
             raise error from None
         finally:
-            observe.UPSTREAM.labels(target.provider, target.model).observe(time.perf_counter() - started)
+            report.UPSTREAM.labels(target.provider, target.model).observe(time.perf_counter() - started)
         return not self.client_gone
 
     def _upstream_error(self, client, provider, exchange):
@@ -334,7 +336,7 @@ class Chat(Base):
             raw = raw.replace(key, b"[redacted]")
         raw = _KEYLIKE.sub(b"[redacted]", raw)
         status = self.call.status
-        observe.UPSTREAM_ERRORS.labels(self.record["provider"], self.record["model"], f"http_{status}").inc()
+        report.UPSTREAM_ERRORS.labels(self.record["provider"], self.record["model"], f"http_{status}").inc()
         message = provider.error_message(raw)
         error = GatewayError(status, message or f"the provider answered HTTP {status}: "
                                                 f"{raw[:300].decode('utf-8', 'replace')}", headers=exchange.headers)
@@ -392,7 +394,7 @@ class _Exchange:
             h.set_header("Content-Type", "text/event-stream; charset=utf-8")
             h.set_header("Cache-Control", "no-cache")
             self.committed = True
-            observe.STREAMS.inc()
+            report.STREAMS.inc()
             self._write(self.relay.start())
 
     def on_data(self, chunk):

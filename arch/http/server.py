@@ -9,12 +9,14 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from . import handlers, observe
-from .errors import ConfigError
-from .rules import BUILTIN
-from .runtime import build
-from .tracing import tracer
-from .upstream import Pool
+from arch.http import handlers
+
+from arch.observe import report
+from arch.errors import ConfigError
+from arch.rules.load import BUILTIN
+from arch.runtime import build
+from arch.observe.tracing import tracer
+from arch.upstream.client import Pool
 
 log = logging.getLogger("arch")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -29,7 +31,7 @@ class Gateway:
         self.runtime = build(config_path, self.rules_dirs)
         self.listening = (self.runtime.config.address, self.runtime.config.port)  # fixed until a restart
         tracer.configure(self.runtime.config.tracing)
-        observe.open_access_log(self.runtime.config.access_log_file)
+        report.open_access_log(self.runtime.config.access_log_file)
         self.pool = Pool()
         self.inflight = 0
         self._seen = self._fingerprint()
@@ -65,17 +67,17 @@ class Gateway:
             runtime = build(self.config_path, self.rules_dirs)
         except ConfigError as e:
             log.error("reload rejected, still serving the previous configuration:\n  %s", "\n  ".join(e.problems))
-            observe.RELOADS.labels("failure").inc()
+            report.RELOADS.labels("failure").inc()
             return False
         except Exception:  # a rules file that breaks the loader itself must not take the gateway down
             log.exception("reload rejected, still serving the previous configuration")
-            observe.RELOADS.labels("failure").inc()
+            report.RELOADS.labels("failure").inc()
             return False
         self.runtime = runtime
         tracer.configure(runtime.config.tracing)
-        observe.open_access_log(runtime.config.access_log_file)
+        report.open_access_log(runtime.config.access_log_file)
         self._seen = self._fingerprint()
-        observe.RELOADS.labels("success").inc()
+        report.RELOADS.labels("success").inc()
         for w in runtime.warnings:
             log.warning("%s", w)
         if (runtime.config.address, runtime.config.port) != self.listening:
@@ -99,7 +101,7 @@ class Gateway:
 
 
 def _access_log(handler):
-    """Chat requests write their own JSON access line (observe.done); the rest a short one."""
+    """Chat requests write their own JSON access line (report.done); the rest a short one."""
     if not isinstance(handler, handlers.Chat):
         log.debug("%d %s %s %.1fms", handler.get_status(), handler.request.method, handler.request.uri,
                   1000 * handler.request.request_time())
@@ -186,7 +188,7 @@ def _supervise(workers):
         except InterruptedError:
             continue
         children.pop(pid, None)
-        observe.process_exited(pid)
+        report.process_exited(pid)
         if not stopping and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
             log.warning("worker %d exited (status %d); starting another", pid, status)
             if spawn():

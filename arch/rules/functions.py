@@ -15,7 +15,7 @@ import uuid as _uuid
 
 from jmespath import functions
 
-from .errors import GatewayError
+from arch.errors import GatewayError
 
 
 def to_json(value):

@@ -12,8 +12,8 @@ Every expression is compiled here at load; requests only call the results.
 import jmespath
 from jmespath.exceptions import JMESPathError
 
-from .errors import ConfigError
-from .jmes import compile_node, is_false
+from arch.errors import ConfigError
+from arch.rules.jmes import compile_node, is_false
 
 
 def compile_expr(text, interpreter, where):

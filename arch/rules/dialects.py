@@ -14,10 +14,10 @@ from jmespath import Options
 from jmespath.exceptions import JMESPathError
 from jmespath.visitor import TreeInterpreter
 
-from . import schemas
-from .errors import ConfigError, GatewayError
-from .functions import RuleFunctions
-from .mapping import compile_expr, compile_mapping, compile_steps, truthy
+from arch import schemas
+from arch.errors import ConfigError, GatewayError
+from arch.rules.functions import RuleFunctions
+from arch.rules.mapping import compile_expr, compile_mapping, compile_steps, truthy
 
 log = logging.getLogger("arch")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from . import schemas
-from .dialects import Dialect, Translation
-from .errors import ConfigError
+from arch import schemas
+from arch.rules.dialects import Dialect, Translation
+from arch.errors import ConfigError
 
 BUILTIN = schemas.ROOT / "rules"
 

@@ -10,8 +10,8 @@ from email.utils import parsedate_to_datetime
 from time import time
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, GatewayError
-from .upstream import Timeouts
+from arch.errors import ConfigError, GatewayError
+from arch.upstream.client import Timeouts
 
 MAX_RETRY_WAIT = 30.0  # a provider asking for a longer pause gets no retry: the next fallback is better
 

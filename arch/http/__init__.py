@@ -1,0 +1,1 @@
+"""HTTP: Tornado handlers (thin) and the server process (listen, reload, workers, drain)."""

@@ -1,0 +1,1 @@
+"""Observability: the per-request report (access log, metrics, usage and cost) and tracing."""
