@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from dotenv import dotenv_values
 
 from arch import schemas
 from arch.errors import ConfigError
@@ -65,14 +66,11 @@ class Config:
 
 
 def read_dotenv(path):
-    values = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, _, value = line.removeprefix("export ").partition("=")
-                values[key.strip()] = value.strip().strip("'\"")
-    return values
+    """The variables a `.env` file sets, read by python-dotenv the way other tools
+    read it (quotes, `export`, trailing `# comments`, multi-line quoted values)."""
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
 def expand(text, env):

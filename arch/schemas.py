@@ -8,8 +8,18 @@ import yaml
 
 from arch.errors import GatewayError
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = ROOT / "schemas"
+PACKAGE = Path(__file__).resolve().parent
+
+
+def data_dir(name):
+    """The built-in `rules` or `schemas` directory: inside the installed package
+    (`arch/builtin_<name>`, see setup.py), else at the top of a source checkout
+    (an editable install or `python -m arch` from the repository)."""
+    installed = PACKAGE / f"builtin_{name}"
+    return installed if installed.is_dir() else PACKAGE.parent / name
+
+
+SCHEMAS = data_dir("schemas")
 
 
 @lru_cache(maxsize=None)

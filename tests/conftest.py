@@ -104,13 +104,15 @@ def start_gateway(config, env=None, extra_args=(), timeout=15.0) -> Gateway:
     return launch(workdir, port, {**os.environ, **(env or {})}, extra_args, timeout)
 
 
-def launch(workdir: Path, port: int, env: dict, extra_args=(), timeout=15.0) -> Gateway:
-    """`python -m arch up workdir/config.yaml` with exactly `env`, listening on
-    `port`; returns once /healthz answers, raises GatewayStartError if not."""
+def launch(workdir: Path, port: int, env: dict, extra_args=(), timeout=15.0,
+           command=(sys.executable, "-m", "arch"), cwd=ROOT) -> Gateway:
+    """`python -m arch up workdir/config.yaml` (or `command up ...`, run in `cwd`)
+    with exactly `env`, listening on `port`; returns once /healthz answers,
+    raises GatewayStartError if not."""
     with open(workdir / "output.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "arch", "up", str(workdir / "config.yaml"), *extra_args],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [*command, "up", str(workdir / "config.yaml"), *extra_args],
+            cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**env, "PYTHONUNBUFFERED": "1"})
     gw = Gateway(proc, port, workdir)
     deadline = time.monotonic() + timeout

@@ -425,6 +425,38 @@ def test_dotenv_beside_the_config_supplies_keys(workdir, openai_fake, anthropic_
         gw.stop()
 
 
+def test_dotenv_trailing_comments_and_multiline_values(workdir, openai_fake):
+    (workdir / ".env").write_text(textwrap.dedent("""
+        CA_BUNDLE="-----BEGIN CERTIFICATE-----
+        MIIBszCCAVmgAwIBAgI=
+        -----END CERTIFICATE-----"
+        OPENAI_API_KEY=sk-dotenv-key   # rotated monthly
+        HASH='abc#def'
+        """))
+    from arch.config import read_dotenv
+    values = read_dotenv(workdir / ".env")
+    assert values["CA_BUNDLE"].splitlines() == ["-----BEGIN CERTIFICATE-----", "MIIBszCCAVmgAwIBAgI=",
+                                                "-----END CERTIFICATE-----"]
+    assert values["HASH"] == "abc#def" and "MIIBszCCAVmgAwIBAgI" not in values
+    port = free_port()
+    (workdir / "config.yaml").write_text(textwrap.dedent(f"""
+        version: v0.1.0
+        listeners:
+          egress_traffic: {{address: 127.0.0.1, port: {port}, max_retries: 0}}
+        llm_providers:
+          - model: openai/gpt-4o-mini
+            access_key: $OPENAI_API_KEY
+            base_url: {openai_fake.url}
+        """))
+    gw = launch(workdir, port, env_without_keys())
+    try:
+        with openai_client(gw) as client:
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert openai_fake.last["headers"]["authorization"] == "Bearer sk-dotenv-key"
+    finally:
+        gw.stop()
+
+
 def test_env_var_in_base_url(workdir, openai_fake):
     port = free_port()
     host = openai_fake.url.removeprefix("http://")

@@ -1,6 +1,6 @@
 """Loads the rules directories into one immutable, compiled `RuleSet`.
 
-Built-in rules come from `rules/` in this repository; each directory named in
+Built-in rules come from `rules/` (shipped inside the package when installed); each directory named in
 the config (`rules:`) or with `--rules DIR` is laid over them file by file, so
 a user overrides `providers/openai.yaml` or adds `providers/acme.yaml` without
 touching the rest. Every file is checked against its schema in `schemas/` and
@@ -14,7 +14,7 @@ from arch import schemas
 from arch.rules.dialects import Dialect, Translation
 from arch.errors import ConfigError
 
-BUILTIN = schemas.ROOT / "rules"
+BUILTIN = schemas.data_dir("rules")
 
 
 class ProviderRule:
