@@ -31,6 +31,8 @@ setup(
         "python-dotenv>=1.0",            # .env files as every other tool reads them (README: Dependencies)
         "uvloop>=0.19; sys_platform != 'win32'",
     ],
-    extras_require={"test": ["pytest>=8", "openai>=1.40", "anthropic>=0.40", "hypothesis>=6"]},
+    extras_require={"test": ["pytest>=8", "openai>=1.40", "anthropic>=0.40", "hypothesis>=6",
+                             # agent frameworks the suite drives through the gateway
+                             "langchain-openai>=1.0", "langchain-anthropic>=1.0", "openai-agents>=0.2"]},
     entry_points={"console_scripts": ["archgw = arch.cli:main"]},
 )

@@ -7,6 +7,8 @@ the upstream HTTP client, not just the translation functions.
 from __future__ import annotations
 
 import copy
+import fcntl
+import hashlib
 import os
 import shutil
 import signal
@@ -201,6 +203,51 @@ def openai_client(server, key="test-key", **options):
 def anthropic_client(server, key="test-key", **options):
     """The official Anthropic SDK pointed at `server` (anything with a .url), no SDK retries."""
     return anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0, **options)
+
+
+AGENT_CLIENTS = ROOT / "tests" / "agents"   # package.json + package-lock.json: pinned agent CLIs
+TEST_CACHE = Path(os.environ.get("ARCHGW_TEST_CACHE") or Path.home() / ".cache" / "archgw-tests")
+
+
+@pytest.fixture(scope="session")
+def npm_bin() -> Path:
+    """The `node_modules/.bin` of the agent CLIs pinned in tests/agents (`claude`,
+    `codex`, ...): a test runs e.g. `npm_bin / "codex"` with a throwaway HOME and
+    the client's base-URL variable pointing at a gateway.
+
+    Installed with `npm ci` from the lock file into
+    `$ARCHGW_TEST_CACHE/npm/<hash of package.json + lock>` (default
+    ~/.cache/archgw-tests), so only a changed pin installs again, and concurrent
+    test runs wait for one install (a file lock; the directory appears complete or
+    not at all). To add a client: add it to package.json, run
+    `npm install --package-lock-only` in tests/agents, commit both files.
+    No npm or no registry fails the tests that use it (never a skip): these
+    clients are part of what the suite proves."""
+    files = [AGENT_CLIENTS / "package.json", AGENT_CLIENTS / "package-lock.json"]
+    key = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+    root = TEST_CACHE / "npm"
+    target = root / key
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_dir():
+            npm = shutil.which("npm")
+            if npm is None:
+                pytest.fail("npm is not installed: the agent-client tests need Node.js and npm")
+            staging = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=root))
+            for f in files:
+                shutil.copy(f, staging)
+            try:
+                done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=staging,
+                                      capture_output=True, text=True, timeout=900)
+            except subprocess.TimeoutExpired:
+                done = None
+            if done is None or done.returncode:
+                shutil.rmtree(staging, ignore_errors=True)
+                output = "timed out" if done is None else (done.stdout + done.stderr)[-4000:]
+                pytest.fail(f"npm ci of tests/agents failed (is the npm registry reachable?):\n{output}")
+            staging.rename(target)
+    return target / "node_modules" / ".bin"
 
 
 @pytest.fixture

@@ -5,7 +5,11 @@ speaking HTTP/1.1 with keep-alive (every response carries `content-length` or is
 chunked), so the gateway talks to it over real sockets the way it talks to a vendor.
 Every request is recorded. A test scripts the next answers with `enqueue()`
 (FIFO, whatever the path); with nothing queued, the fake answers like the real
-vendor would (`FakeOpenAI`, `FakeAnthropic`). Shapes follow
+vendor would (`FakeOpenAI`, `FakeAnthropic`): a chat request gets the `Turn` that
+`script()`'s responder returns for it (default: `Hello from <model>!`), rendered
+in the fake's dialect, as JSON or SSE as the request asked. A responder decides
+from the request alone, so an agent's multi-turn conversation (whose number and
+order of requests the test does not control) is still deterministic. Shapes follow
 shared/wire/SPEC.md §1.2-1.4 and §2.2-2.4; the vectors in tests/vectors are
 recordings of the real APIs and can be replayed with `enqueue(sse=vector(...))`.
 """
@@ -73,6 +77,53 @@ def _reply_pieces(model: str) -> list[str]:
     return ["Hello", " from", f" {model}!"]
 
 
+@dataclass
+class Turn:
+    """One scripted assistant turn, dialect-neutral: each fake renders it in its own
+    wire format. `text` is streamed piece by piece when it is a list; `tool_calls`
+    are `(name, arguments dict)` pairs, given ids `call_<n>_<i>` (OpenAI) or
+    `toolu_<n>_<i>` (Anthropic), n the request number."""
+
+    text: str | list[str] = ""
+    tool_calls: list[tuple[str, dict]] = field(default_factory=list)
+
+    @property
+    def pieces(self) -> list[str]:
+        return list(self.text) if isinstance(self.text, list) else [self.text] if self.text else []
+
+
+def tool_result(body) -> str | None:
+    """The text of the tool result(s) a chat request ends with, in either dialect
+    (OpenAI `tool` messages, Anthropic `tool_result` blocks in the last user message),
+    or None when the conversation does not end with one."""
+    messages = body.get("messages") or [] if isinstance(body, dict) else []
+    texts = []
+    for m in reversed(messages):  # OpenAI: one `tool` message per call, at the end
+        if m.get("role") != "tool":
+            break
+        texts.insert(0, _text_of(m.get("content")))
+    if not texts and messages and isinstance(messages[-1].get("content"), list):
+        texts = [_text_of(b.get("content")) for b in messages[-1]["content"]
+                 if isinstance(b, dict) and b.get("type") == "tool_result"]
+    return "\n".join(texts) if texts else None
+
+
+def _text_of(content) -> str:
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
+
+
+def tool_loop(name: str, arguments: dict, answer=lambda result: f"The tool said: {result}"):
+    """A responder for `script()`: a two-turn tool loop. A request that does not end
+    with a tool result is answered with one call to `name`; one that does is
+    answered with `answer(result text)`."""
+    def respond(req):
+        result = tool_result(req["body"])
+        return Turn(tool_calls=[(name, arguments)]) if result is None else Turn(answer(result))
+    return respond
+
+
 # An SSE event ends at a blank line; split after it so each event keeps its terminator.
 _SSE_EVENT_END = re.compile(rb"(?<=\r\n\r\n)|(?<=\n\n)")
 
@@ -102,6 +153,7 @@ class FakeProvider:
     def __init__(self):
         self._lock = threading.Lock()
         self._queue: deque[Reply] = deque()
+        self._responder = None
         self._requests: list[dict] = []
         self._disconnects: list[dict] = []
         self._stopping = threading.Event()
@@ -151,11 +203,13 @@ class FakeProvider:
             self._disconnects.append({"request": n, "at": time.monotonic()})
 
     def reset(self):
-        """Forget recorded requests and scripted replies; request ids restart at req_1."""
+        """Forget recorded requests, scripted replies and the responder; request ids
+        restart at req_1."""
         with self._lock:
             self._requests.clear()
             self._disconnects.clear()
             self._queue.clear()
+            self._responder = None
 
     def _record(self, req: dict) -> tuple[int, Reply | None]:
         """Store the request; return its 1-based number and the next scripted reply."""
@@ -196,6 +250,20 @@ class FakeProvider:
                       delay, close_after, hang)
         with self._lock:
             self._queue.append(reply)
+
+    def script(self, responder):
+        """Answer every chat request that nothing is `enqueue`d for with
+        `responder(recorded request)`: a `Turn`, or None for the default answer.
+        Called on the fake's threads, possibly concurrently: decide from the
+        request, keep no state. Cleared by reset()."""
+        with self._lock:
+            self._responder = responder
+
+    def turn(self, req: dict) -> Turn:
+        """The scripted (or default) turn for a chat request."""
+        with self._lock:
+            responder = self._responder
+        return (responder and responder(req)) or Turn(_reply_pieces(req["body"]["model"]))
 
     # -- default answers (subclasses) ---------------------------------------------
     def default_reply(self, req: dict, n: int) -> Reply:
@@ -357,22 +425,29 @@ class FakeOpenAI(FakeProvider):
                 return self.error(400, "invalid_request_error", "We could not parse the JSON body of your request.", n)
             if "model" not in body or "messages" not in body:
                 return self.error(400, "invalid_request_error", "Missing required parameter: 'model' or 'messages'.", n)
-            return self._chat(body, token_count(req["raw"]), n)
+            return self._chat(req, n)
         return super().default_reply(req, n)
 
-    def _chat(self, body, prompt_tokens, n):
-        model, pieces = body["model"], _reply_pieces(body["model"])
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
-                 "total_tokens": prompt_tokens + len(pieces),
+    def _chat(self, req, n):
+        body, turn = req["body"], self.turn(req)
+        pieces, prompt_tokens = turn.pieces, token_count(req["raw"])
+        calls = [{"id": f"call_{n}_{i}", "type": "function",
+                  "function": {"name": name, "arguments": json.dumps(args)}}
+                 for i, (name, args) in enumerate(turn.tool_calls)]
+        finish = "tool_calls" if calls else "stop"
+        completion_tokens = len(pieces) + len(calls)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens,
                  "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
                  "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
-        head = {"id": f"chatcmpl-fake{n}", "created": int(time.time()), "model": model,
+        head = {"id": f"chatcmpl-fake{n}", "created": int(time.time()), "model": body["model"],
                 "system_fingerprint": "fp_fake"}
         if not body.get("stream"):
+            message = {"role": "assistant", "content": "".join(pieces) if pieces or not calls else None,
+                       "refusal": None, **({"tool_calls": calls} if calls else {})}
             return self.json_reply({**head, "object": "chat.completion", "choices": [{
-                "index": 0, "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
-                "logprobs": None, "finish_reason": "stop"}], "usage": usage})
+                "index": 0, "message": message, "logprobs": None, "finish_reason": finish}], "usage": usage})
         with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         def chunk(delta, finish=None):
@@ -382,7 +457,11 @@ class FakeOpenAI(FakeProvider):
 
         frames = [chunk({"role": "assistant", "content": "", "refusal": None})]
         frames += [chunk({"content": p}) for p in pieces]
-        frames.append(chunk({}, "stop"))
+        for i, call in enumerate(calls):  # the head of each call, then its arguments
+            frames.append(chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                                 "function": {"name": call["function"]["name"], "arguments": ""}}]}))
+            frames.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": call["function"]["arguments"]}}]}))
+        frames.append(chunk({}, finish))
         if with_usage:
             frames.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
         return self.sse_reply([b"data: %s\n\n" % _dumps(f) for f in frames] + [b"data: [DONE]\n\n"])
@@ -418,26 +497,37 @@ class FakeAnthropic(FakeProvider):
             return self.error(400, "invalid_request_error", f"{missing[0]}: Field required", n)
         if req["path"].endswith("count_tokens"):
             return self.json_reply({"input_tokens": token_count(req["raw"])})
-        return self._message(body, token_count(req["raw"]), n)
+        return self._message(req, n)
 
-    def _message(self, body, input_tokens, n):
-        model, pieces = body["model"], _reply_pieces(body["model"])
-        usage = {"input_tokens": input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-        message = {"id": f"msg_fake{n}", "type": "message", "role": "assistant", "model": model,
-                   "content": [{"type": "text", "text": "".join(pieces)}],
-                   "stop_reason": "end_turn", "stop_sequence": None,
-                   "usage": {**usage, "output_tokens": len(pieces)}}
+    def _message(self, req, n):
+        body, turn = req["body"], self.turn(req)
+        pieces = turn.pieces
+        usage = {"input_tokens": token_count(req["raw"]), "cache_creation_input_tokens": 0,
+                 "cache_read_input_tokens": 0}
+        blocks = ([{"type": "text", "text": "".join(pieces)}] if pieces or not turn.tool_calls else [])
+        blocks += [{"type": "tool_use", "id": f"toolu_{n}_{i}", "name": name, "input": args}
+                   for i, (name, args) in enumerate(turn.tool_calls)]
+        stop = "tool_use" if turn.tool_calls else "end_turn"
+        output_tokens = len(pieces) + len(turn.tool_calls)
+        message = {"id": f"msg_fake{n}", "type": "message", "role": "assistant", "model": body["model"],
+                   "content": blocks, "stop_reason": stop, "stop_sequence": None,
+                   "usage": {**usage, "output_tokens": output_tokens}}
         if not body.get("stream"):
             return self.json_reply(message)
-        events = [
-            {"type": "message_start", "message": {**message, "content": [], "stop_reason": None,
-                                                  "usage": {**usage, "output_tokens": 1}}},
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-            {"type": "ping"},
-            *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}} for p in pieces),
-            {"type": "content_block_stop", "index": 0},
-            {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-             "usage": {"output_tokens": len(pieces)}},
-            {"type": "message_stop"},
-        ]
+        events = [{"type": "message_start", "message": {**message, "content": [], "stop_reason": None,
+                                                        "usage": {**usage, "output_tokens": 1}}}]
+        for i, block in enumerate(blocks):
+            if block["type"] == "text":
+                start = {**block, "text": ""}
+                deltas = [{"type": "text_delta", "text": p} for p in pieces or [""]]
+            else:
+                start = {**block, "input": {}}
+                deltas = [{"type": "input_json_delta", "partial_json": json.dumps(block["input"])}]
+            events += [{"type": "content_block_start", "index": i, "content_block": start},
+                       *([{"type": "ping"}] if i == 0 else []),
+                       *({"type": "content_block_delta", "index": i, "delta": d} for d in deltas),
+                       {"type": "content_block_stop", "index": i}]
+        events += [{"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": output_tokens}},
+                   {"type": "message_stop"}]
         return self.sse_reply([b"event: %s\ndata: %s\n\n" % (e["type"].encode(), _dumps(e)) for e in events])

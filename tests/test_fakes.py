@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from conftest import _with_port, anthropic_client, openai_client
-from fakes import parse_sse, token_count, vector, vector_json
+from fakes import Turn, parse_sse, token_count, tool_loop, tool_result, vector, vector_json
 
 ANTH_HEADERS = {"x-api-key": "sk-ant", "anthropic-version": "2023-06-01"}
 
@@ -317,6 +317,49 @@ def test_anthropic_sdk(anthropic_fake):
     assert final.stop_reason == "end_turn" and final.usage.output_tokens == 3
     n = client.messages.count_tokens(model="claude-x", messages=kw["messages"]).input_tokens
     assert n == token_count(anthropic_fake.last["raw"])
+
+
+def test_scripted_turns_with_the_openai_sdk(openai_fake):
+    """A responder's tool calls and text, as the SDK reads them, plain and streamed."""
+    openai_fake.script(tool_loop("get_weather", {"city": "Paris"}))
+    client = openai_client(openai_fake, "sk")
+    msgs = [{"role": "user", "content": "Weather?"}]
+    c = client.chat.completions.create(model="gpt-4o", messages=msgs)
+    (call,) = c.choices[0].message.tool_calls
+    assert c.choices[0].finish_reason == "tool_calls" and c.choices[0].message.content is None
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == ("call_1_0", "get_weather",
+                                                                                  {"city": "Paris"})
+    with client.chat.completions.stream(model="gpt-4o", messages=msgs) as s:
+        final = s.get_final_completion()
+    assert final.choices[0].message.tool_calls[0].function.arguments == call.function.arguments
+    msgs += [c.choices[0].message.model_dump(exclude_none=True),
+             {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+    assert tool_result(openai_fake.requests[0]["body"]) is None
+    answer = client.chat.completions.create(model="gpt-4o", messages=msgs)
+    assert answer.choices[0].message.content == "The tool said: sunny"
+    openai_fake.script(lambda req: Turn(["a", "b"]))
+    chunks = list(client.chat.completions.create(model="gpt-4o", messages=msgs, stream=True))
+    assert [ch.choices[0].delta.content for ch in chunks][1:3] == ["a", "b"]
+
+
+def test_scripted_turns_with_the_anthropic_sdk(anthropic_fake):
+    anthropic_fake.script(tool_loop("get_weather", {"city": "Paris"}))
+    client = anthropic_client(anthropic_fake, "sk-ant")
+    kw = {"model": "claude-x", "max_tokens": 100, "messages": [{"role": "user", "content": "Weather?"}]}
+    m = client.messages.create(**kw)
+    with client.messages.stream(**kw) as s:
+        final = s.get_final_message()
+    for msg in (m, final):
+        (use,) = msg.content
+        assert (msg.stop_reason, use.type, use.name, use.input) == ("tool_use", "tool_use", "get_weather",
+                                                                   {"city": "Paris"})
+    kw["messages"] += [{"role": "assistant", "content": [use.model_dump()]},
+                       {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                                     "content": [{"type": "text", "text": "sunny"}]}]}]
+    with client.messages.stream(**kw) as s:
+        assert s.get_final_message().content[0].text == "The tool said: sunny"
+    anthropic_fake.reset()
+    assert client.messages.create(**kw).content[0].text == "Hello from claude-x!"
 
 
 def test_anthropic_sdk_errors(anthropic_fake):
