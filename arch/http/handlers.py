@@ -225,11 +225,16 @@ class Chat(Base):
                                       f"{target.missing_key} is not set")
             error.fallback = True  # a fallback with a key can still answer
             raise error
-        translation = self.runtime.rules.translation(client.name, target.dialect)
+        rules = self.runtime.rules
+        facts = rules.models.get(target.model)
+        if facts is not None:
+            facts.admit(client.needs(body), target.model)
+        translation = rules.translation(client.name, target.dialect)
         ask_usage = translation is None and client.needs_usage_request(body)
-        if translation is None and not ask_usage and body["model"] == target.model:
+        over = facts is not None and facts.max_output_tokens and client.output_over(body, facts.max_output_tokens)
+        if translation is None and not ask_usage and not over and body["model"] == target.model:
             return self.request.body, None, False  # fast path: the client's bytes go out untouched
-        out = translation.request(body) if translation else dict(body)
+        out = translation.request(body, facts) if translation else dict(body)
         out["model"] = target.model
         if ask_usage:  # for accounting; the extra event is not passed on (Passthrough strip)
             out.update(client.usage_request(body))
@@ -237,7 +242,18 @@ class Chat(Base):
             for old, new in target.rename.items():
                 if old in out:
                     out[new] = out.pop(old)
+        if facts is not None and facts.max_output_tokens:
+            self._clamp_output(rules.dialects[target.dialect], out, facts, target.model)
         return json.dumps(out, ensure_ascii=False).encode(errors=_ESCAPE), translation, ask_usage
+
+    def _clamp_output(self, provider, out, facts, model):
+        """Lower an output-token request above the model's maximum to it: a client
+        written for one model (Claude Code asks 32000) still gets an answer from another."""
+        limit = facts.max_output_tokens
+        for field in provider.output_over(out, limit):
+            log.info("%s: %s %s is above %s's maximum output; sent %d (rules/models.yaml)",
+                     self.request_id, field, out[field], model, limit)
+            out[field] = limit
 
     async def _forward(self, client, body, route):
         """Try the route's targets in order, each with its retries, until one
@@ -274,8 +290,10 @@ class Chat(Base):
         data, translation, ask_usage = self._upstream_request(client, body, target)
         provider = self.runtime.rules.dialects[target.dialect]
         relay = None
+        facts = translation and self.runtime.rules.models.get(target.model)
         if body.get("stream") is True:
-            relay = (Translate(translation.stream, {"model": target.model, "request": body}, client, provider)
+            ctx = {"model": target.model, "request": body, "facts": facts.view if facts else {}}
+            relay = (Translate(translation.stream, ctx, client, provider)
                      if translation else Passthrough(client, strip=ask_usage))
         self.exchange = exchange = _Exchange(self, client, provider, relay)
         self.set_header("x-arch-upstream-model", target.model)
@@ -287,7 +305,7 @@ class Chat(Base):
             raw = b"".join(exchange.buffer)
             if translation:
                 try:
-                    out = translation.response(json.loads(raw), body)
+                    out = translation.response(json.loads(raw), body, facts)
                 except ValueError:
                     raise GatewayError(502, f"provider for '{target.name}' sent a response that is not JSON") from None
                 self.record["usage"] = client.usage(out.get("usage"))

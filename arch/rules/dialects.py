@@ -49,6 +49,9 @@ class Dialect:
         # {field: [dotted paths, summed]}: plain data, read on every answer without JMESPath
         self._usage = {field: [path.split(".") for path in (paths if isinstance(paths, list) else [paths])]
                        for field, paths in spec["usage"].items()}
+        self.max_output = tuple(spec.get("max_output") or ())
+        self._needs = [(capability, compile_expr(n["when"], interpreter, f"{where}: needs.{capability}"), n["param"])
+                       for capability, n in (spec.get("needs") or {}).items()]
         err = spec["error"]
         self._error_message = compile_expr(err["message"], interpreter, f"{where}: error.message")
         self._error_status = compile_expr(err["status"], interpreter, f"{where}: error.status")
@@ -57,6 +60,14 @@ class Dialect:
     def validate(self, body):
         """Raise a 400 naming the first offending field, in the request's own terms."""
         schemas.check(self.request_schema, body)
+
+    def needs(self, body):
+        """(capability, param) for each capability of rules/models.yaml this request needs."""
+        return [(capability, param) for capability, when, param in self._needs if truthy(when(body))]
+
+    def output_over(self, body, limit):
+        """The output-token fields of `body` above `limit`."""
+        return [f for f in self.max_output if _is_number(body.get(f)) and body[f] > limit]
 
     def render_error(self, status, message, param=None, request_id=None):
         """(status, body) of an error in this dialect's envelope."""
@@ -96,10 +107,14 @@ class Dialect:
         return b"data: " + data + b"\n\n"
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _number_at(obj, path):
     for key in path:
         obj = obj.get(key) if isinstance(obj, dict) else None
-    return obj if isinstance(obj, (int, float)) and not isinstance(obj, bool) else 0
+    return obj if _is_number(obj) else 0
 
 
 class StreamProgram:
@@ -137,17 +152,21 @@ class Translation:
         self._response = compile_mapping(spec["response"], interpreter, f"{where}: response")
         self.stream = StreamProgram(spec["stream"], interpreter, f"{where}: stream")
 
-    def request(self, body):
+    def request(self, body, facts=None):
+        """The provider's request; expressions also see the target model's facts
+        (rules/models.yaml) as `_model`."""
+        root = {**body, "_model": facts.view if facts is not None else {}}
         for when, message, param in self.rejects:
-            if truthy(when(body)):
+            if truthy(when(root)):
                 raise GatewayError(400, message, param)
         try:
-            return self._request(body)
+            return self._request(root)
         except (TypeError, AttributeError, KeyError, ValueError, JMESPathError) as e:
             # a shape the schema let through but the mapping cannot read: the request's fault
             log.warning("cannot translate a %s request for %s: %r", self.client, self.provider, e, exc_info=True)
             raise GatewayError(400, f"the request cannot be translated for a {self.provider} model: {e}") from None
 
-    def response(self, body, request):
-        """The client's answer; expressions also see the client's request as `_request`."""
-        return self._response({**body, "_request": request})
+    def response(self, body, request, facts=None):
+        """The client's answer; expressions also see the client's request as `_request`
+        and the model's facts as `_model`."""
+        return self._response({**body, "_request": request, "_model": facts.view if facts is not None else {}})

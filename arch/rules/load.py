@@ -12,6 +12,7 @@ import yaml
 
 from arch import schemas
 from arch.rules.dialects import Dialect, Translation
+from arch.rules.models import ModelTable
 from arch.errors import ConfigError
 
 BUILTIN = schemas.data_dir("rules")
@@ -35,11 +36,12 @@ class ProviderRule:
 
 
 class RuleSet:
-    def __init__(self, dialects, translations, providers, prices, files):
+    def __init__(self, dialects, translations, providers, prices, models, files):
         self.dialects = dialects
         self.translations = translations
         self.providers = providers
         self.prices = prices
+        self.models = models
         self.files = files
 
     def translation(self, client, provider):
@@ -69,7 +71,8 @@ def load_rules(dirs=()):
         except (OSError, yaml.YAMLError) as e:
             problems.append(f"{f}: {e}")
             continue
-        kind = ("prices" if rel == "prices.yaml" else "provider" if rel.startswith("providers/")
+        kind = ("prices" if rel == "prices.yaml" else "models" if rel == "models.yaml"
+                else "provider" if rel.startswith("providers/")
                 else "translation" if "_to_" in rel else "dialect")
         found = schemas.problems(f"rules_{kind}.schema.yaml", spec, str(f))
         if found:
@@ -79,11 +82,13 @@ def load_rules(dirs=()):
     if problems:
         raise ConfigError(problems)
 
-    dialects, translations, providers, provider_files, prices = {}, {}, {}, {}, {}
+    dialects, translations, providers, provider_files, prices, models = {}, {}, {}, {}, {}, {}
     for rel, (kind, spec, f) in specs.items():
         try:
             if kind == "prices":
                 prices = spec or {}
+            elif kind == "models":
+                models = spec or {}
             elif kind == "dialect":
                 dialects[spec["name"]] = Dialect(spec, str(f))
             elif kind == "translation":
@@ -101,4 +106,4 @@ def load_rules(dirs=()):
                 problems.append(f"rules: no translation from {a} clients to {b} providers (dialects/{a}_to_{b}.yaml)")
     if problems:
         raise ConfigError(problems)
-    return RuleSet(dialects, translations, providers, prices, files=[str(f) for _, _, f in specs.values()])
+    return RuleSet(dialects, translations, providers, prices, ModelTable(models), files=[str(f) for _, _, f in specs.values()])
