@@ -13,6 +13,7 @@ ceiling the gateway is measured against.
 import argparse
 import asyncio
 import json
+import resource
 
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient
@@ -83,12 +84,15 @@ if __name__ == "__main__":
     p.add_argument("--stream-upstream")
     p.add_argument("--client", default="auto", choices=["auto", "simple", "curl"])
     p.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"])
+    p.add_argument("--max-clients", type=int, default=2000, help="concurrent upstream requests")
     args = p.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket each way per stream
     client, loop = pick(args.client, "curl", "pycurl"), pick(args.loop, "uvloop", "uvloop")
     if client == "curl":
-        AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient", max_clients=2000)
+        AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient", max_clients=args.max_clients)
     else:
-        AsyncHTTPClient.configure(None, max_clients=2000)
+        AsyncHTTPClient.configure(None, max_clients=args.max_clients)
     print(f"passthrough: client={client} loop={loop} port={args.port}", flush=True)
     if loop == "uvloop":
         import uvloop

@@ -153,6 +153,32 @@ def rss_mb(pid):
     return kb / 1024
 
 
+def cpu_seconds(pid):
+    """utime + stime of one process, in seconds."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_shares(pid, run):
+    """Run `run()` and return (its result, each worker's share of the CPU the workers used)."""
+    workers = descendants(pid) or [pid]
+    before = {w: cpu_seconds(w) for w in workers}
+    result = run()
+    used = {w: cpu_seconds(w) - before[w] for w in workers}
+    total = sum(used.values()) or 1
+    return result, sorted((round(u / total, 3) for u in used.values()), reverse=True)
+
+
+def raise_fd_limit():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def ensure_tool(binary, packages):
     if shutil.which(binary):
         return shutil.which(binary)
@@ -438,6 +464,8 @@ def report(res, args):
         lines.append(table(["target", "requests", "RSS before MB", "RSS after MB"],
                            [[k, f"{v['requests']:,}", f(v["before"], "{:.1f}"), f(v["after"], "{:.1f}")]
                             for k, v in res["rss_after"].items()]))
+    if res.get("workers"):
+        lines += workers_report(res)
     lines += ["", "### Targets (gateway vs reference, same run)", ""] + [f"- {t}" for t in targets(res)]
     return "\n".join(lines)
 
@@ -470,6 +498,105 @@ def targets(res):
     return out
 
 
+def start_gateway(procs, args, tmp, name, nginx_port, sse_port, extra=()):
+    """(base url, process) of a gateway with the benchmark config, or (None, reason)."""
+    port = free_port()
+    cfg = tmp / f"{name}.yaml"
+    cfg.write_text(gateway_config(port, nginx_port, sse_port))
+    p = procs.start(name, shlex.split(args.gateway_cmd.format(config=cfg)) + list(extra), cwd=ROOT)
+    why = wait_healthy(p, f"http://127.0.0.1:{port}/healthz", args.gateway_wait)
+    if why:
+        procs.stop(p)
+        return None, why
+    return f"http://127.0.0.1:{port}", p
+
+
+def big_streams(url, p, n, tokens, delay_ms, stall_s):
+    """n concurrent streams through url; RSS of p (and its workers) before and while they are all open."""
+    import threading
+    body = openai_body("stream-model", stream=True)
+    before, during = rss_mb(p.pid), []
+    # sampled half-way through, when every stream is open and waiting for its next token
+    timer = threading.Timer(tokens * delay_ms / 2000, lambda: during.append(rss_mb(p.pid)))
+    timer.start()
+    r = run_streams(url + OAI, body, OPENAI_HEADERS, n, n, tokens, stall_s, 60 + 3 * tokens * delay_ms / 1000)
+    timer.cancel()
+    r["rss_before_mb"], r["rss_open_mb"] = before, (during or [None])[0]
+    if during:
+        r["kb_per_open_stream"] = (during[0] - before) * 1024 / n
+    return r
+
+
+def workers_run(res, args, procs, tmp, nginx_port, sse_port, dur):
+    """The gateway with --workers N: throughput, each worker's share of the work, and the big stream run."""
+    n = args.workers
+    url, p = start_gateway(procs, args, tmp, "gateway-workers", nginx_port, sse_port, ["--workers", str(n)])
+    w = res["workers"] = {"n": n}
+    if url is None:
+        w["skipped"] = p
+        return
+    print(f"# gateway --workers {n}: wrk 64c requests and streams", file=sys.stderr)
+    body = openai_body("gpt-4o-mini")
+    wrk(tmp, url + OAI, body, OPENAI_HEADERS, 64, 2, 1)  # warm-up
+    w["thr"], w["req_shares"] = worker_shares(p.pid, lambda: wrk(tmp, url + OAI, body, OPENAI_HEADERS, 64, 2, dur))
+    sse_control(sse_port, 20, 0)
+    sbody = openai_body("stream-model", stream=True)
+    w["wrk_streams"], w["stream_shares"] = worker_shares(
+        p.pid, lambda: wrk(tmp, url + OAI, sbody, OPENAI_HEADERS, 64, 2, dur))
+    if not args.big_streams:
+        return
+    # the reference gets a client pool as large as the load, so both queue nothing
+    port = free_port()
+    ref = procs.start("passthrough-big", [sys.executable, str(HERE / "passthrough.py"), "--port", str(port),
+                                          "--upstream", f"http://127.0.0.1:{nginx_port}",
+                                          "--stream-upstream", f"http://127.0.0.1:{sse_port}",
+                                          "--max-clients", str(args.big_streams + 100)])
+    if why := wait_healthy(ref, f"http://127.0.0.1:{port}/healthz", 30):
+        w["big"] = {"skipped": why}
+        return
+    sse_control(sse_port, args.big_tokens, args.big_delay_ms)
+    w["big"] = {"streams": args.big_streams, "tokens": args.big_tokens, "delay_ms": args.big_delay_ms, "rows": {}}
+    for name, u, proc in (("reference", f"http://127.0.0.1:{port}", ref), (f"gateway --workers {n}", url, p)):
+        print(f"# {name}: {args.big_streams:,} concurrent streams", file=sys.stderr)
+        w["big"]["rows"][name] = big_streams(u, proc, args.big_streams, args.big_tokens, args.big_delay_ms,
+                                             args.stall_s)
+    procs.stop(ref)
+
+
+def workers_report(res):
+    w = res["workers"]
+    if "skipped" in w:
+        return ["", f"### --workers {w['n']}: skipped ({w['skipped'].splitlines()[0]})"]
+    rows = res["rows"].get("gateway OpenAI→OpenAI", {})
+    srows = res.get("streams", {}).get("rows", {}).get("gateway OpenAI→OpenAI", {})
+    one_rps = rows.get("thr", {}).get("rps")
+    one_sps = srows.get("wrk", {}).get("rps")
+    share = lambda xs: " / ".join(f"{x:.0%}" for x in xs)  # noqa: E731
+    lines = ["", f"### --workers {w['n']} (OpenAI→OpenAI)", "",
+             table(["", "one process", f"--workers {w['n']}", "scaling", "CPU share per worker"],
+                   [["req/s @64c", f(one_rps, "{:,.0f}"), f(w["thr"]["rps"], "{:,.0f}"),
+                     f(w["thr"]["rps"] / one_rps if one_rps else None, "{:.2f}x"), share(w["req_shares"])],
+                    ["streams/s @64c", f(one_sps, "{:,.0f}"), f(w["wrk_streams"]["rps"], "{:,.0f}"),
+                     f(w["wrk_streams"]["rps"] / one_sps if one_sps else None, "{:.2f}x"), share(w["stream_shares"])]])]
+    big = w.get("big")
+    if big and "rows" in big:
+        lines += ["", f"{big['streams']:,} concurrent streams, {big['tokens']} tokens {big['delay_ms']:g} ms apart "
+                      f"(ideal {big['tokens'] * big['delay_ms'] / 1000:g} s):", ""]
+        lines.append(table(["target", "done", "stalled", "TTFT p50/p99 ms", "stream time p50/p99 ms",
+                            "RSS before / all open MB", "KB per open stream", "notes"],
+                           [[name, f"{r['completed']:,}/{r['streams']:,}", r["stalled"],
+                             f"{f(r['ttft_p50_ms'], '{:.0f}')} / {f(r['ttft_p99_ms'], '{:.0f}')}",
+                             f"{f(r['total_p50_ms'], '{:.0f}')} / {f(r['total_p99_ms'], '{:.0f}')}",
+                             f"{f(r['rss_before_mb'], '{:.0f}')} / {f(r['rss_open_mb'], '{:.0f}')}",
+                             f(r.get("kb_per_open_stream"), "{:.1f}"),
+                             "; ".join(x for x in (f"{r['listen_overflows']} listen overflows" if r["listen_overflows"] else "",
+                                                   *(f"{k}× {e}" for e, k in r["errors"])) if x)]
+                            for name, r in big["rows"].items()]))
+    elif big:
+        lines += ["", f"big stream run skipped: {big['skipped'].splitlines()[0]}"]
+    return lines
+
+
 # --------------------------------------------------------------------------- main
 
 def main():
@@ -492,11 +619,19 @@ def main():
     ap.add_argument("--stream-tokens", type=int, default=20)
     ap.add_argument("--stream-delay-ms", type=float, default=50)
     ap.add_argument("--stall-s", type=float, default=5, help="inter-chunk gap that counts as a stall")
+    ap.add_argument("--workers", type=int, default=2, metavar="N",
+                    help="also run the gateway with --workers N: req/s, streams/s and each worker's share (0: skip)")
+    ap.add_argument("--big-streams", type=int, default=10000, metavar="N",
+                    help="N concurrent streams through the --workers gateway and the reference (default 10000; 0: skip)")
+    ap.add_argument("--big-tokens", type=int, default=10)
+    ap.add_argument("--big-delay-ms", type=float, default=1000)
     ap.add_argument("--requests-rss", type=int, default=0, metavar="N",
                     help="finally send N requests to the reference and gateway and report RSS before/after")
     args = ap.parse_args()
     if args.quick:
         args.duration = 3
+        args.big_streams = min(args.big_streams, 2000)
+    raise_fd_limit()  # the stream client holds one socket per concurrent stream
     dur = max(1, round(args.duration))
     ttft_n = 30 if args.quick else 200
     refs = {"all": "curl+uvloop,simple+asyncio", "auto": "auto+auto"}.get(args.refs, args.refs).split(",")
@@ -532,17 +667,12 @@ def main():
 
         gateway = None
         if not args.no_gateway:
-            port = free_port()
-            cfg = tmp / "arch.yaml"
-            cfg.write_text(gateway_config(port, nginx_port, sse_port))
-            p = procs.start("gateway", shlex.split(args.gateway_cmd.format(config=cfg)), cwd=ROOT)
-            why = wait_healthy(p, f"http://127.0.0.1:{port}/healthz", args.gateway_wait)
-            if why:
-                print(f"# gateway skipped: `{args.gateway_cmd}` {why}", file=sys.stderr)
-                res["gateway_skipped"] = why
-                procs.stop(p)
+            url, p = start_gateway(procs, args, tmp, "gateway", nginx_port, sse_port)
+            if url is None:
+                print(f"# gateway skipped: `{args.gateway_cmd}` {p}", file=sys.stderr)
+                res["gateway_skipped"] = p
             else:
-                gateway = (f"http://127.0.0.1:{port}", p)
+                gateway = (url, p)
         litellm = None
         if args.litellm:
             exe = ensure_litellm()
@@ -576,7 +706,9 @@ def main():
                          (f"{label} Anthropic→Anthropic", url, p, ANT, anthropic_body, ANTHROPIC_HEADERS,
                           "claude-3-5-sonnet-20241022", "claude-stream", "direct nginx (Anthropic)"),
                          (f"{label} OpenAI→Anthropic (cross)", url, p, OAI, openai_body, OPENAI_HEADERS,
-                          "claude-3-5-sonnet-20241022", "claude-stream", "direct nginx (Anthropic)")]
+                          "claude-3-5-sonnet-20241022", "claude-stream", "direct nginx (Anthropic)"),
+                         (f"{label} Anthropic→OpenAI (cross)", url, p, ANT, anthropic_body, ANTHROPIC_HEADERS,
+                          "gpt-4o-mini", "stream-model", "direct nginx (OpenAI)")]
             elif res.get(f"{label}_skipped"):
                 rows.append((label, None) + (None,) * 7)  # a "skipped" row in its place
 
@@ -656,6 +788,9 @@ def main():
                 if p:
                     r["rss_mb"] = rss_mb(p.pid)
                 s["rows"][name] = r
+
+        if gateway and args.workers > 1:
+            workers_run(res, args, procs, tmp, nginx_port, sse_port, dur)
 
     finally:
         procs.stop_all()

@@ -13,6 +13,7 @@ uses 0 ms for wrk throughput runs and a real delay for concurrency runs).
 import argparse
 import asyncio
 import json
+import resource
 
 import tornado.web
 
@@ -101,6 +102,8 @@ if __name__ == "__main__":
     p.add_argument("--tokens", type=int, default=20)
     p.add_argument("--delay-ms", type=float, default=50.0)
     args = p.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per concurrent stream
     try:
         import uvloop
     except ImportError:
