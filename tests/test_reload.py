@@ -382,3 +382,18 @@ def test_sighup_with_workers_reloads_every_worker(workers_gw):
     wait_for(lambda: gw.proc.poll() is not None or gw.output().count(RELOADED) >= 2, 3, "both workers to reload")
     assert gw.proc.poll() is None, "the supervisor died of SIGHUP"
     assert all(models(gw)["pick"]["target"] == "model-b" for _ in range(10))
+
+
+def _listening_sockets(port):
+    """Inodes of the sockets listening on 127.0.0.1:port (state 0A in /proc/net/tcp)."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return {r[9] for r in rows if r[1] == f"0100007F:{port:04X}" and r[3] == "0A"}
+
+
+def test_each_worker_listens_on_its_own_socket(workers_gw):
+    """One socket per worker in the port's SO_REUSEPORT group: the kernel spreads new
+    connections over the workers evenly. A single inherited socket lets the least
+    busy worker take nearly all of them."""
+    assert len(_listening_sockets(workers_gw.port)) == 2
+    assert all(models(workers_gw) for _ in range(4))  # and both serve
+

@@ -2,6 +2,7 @@
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
 from tornado.httpserver import HTTPServer
@@ -9,13 +10,12 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from arch.http import handlers
-
-from arch.observe import report
 from arch.errors import ConfigError
+from arch.http import handlers
+from arch.observe import report
+from arch.observe.tracing import tracer
 from arch.rules.load import BUILTIN
 from arch.runtime import build
-from arch.observe.tracing import tracer
 from arch.upstream.client import Pool
 
 log = logging.getLogger("arch")
@@ -109,10 +109,18 @@ def _access_log(handler):
 
 def serve(gateway, workers=1):
     config = gateway.runtime.config
-    # a deep accept queue: a burst of 1000 new streams must wait, not be reset
-    sockets = bind_sockets(config.port, config.address, reuse_port=workers > 1, backlog=4096)
-    if workers > 1 and _supervise(workers):
-        return  # the supervisor's workers have all exited
+    port = config.port
+    if workers > 1:
+        held = _hold_port(config.address, port)
+        port = held[0].getsockname()[1]
+        if _supervise(workers):
+            return  # the supervisor's workers have all exited
+        for sock in held:
+            sock.close()
+    # Each worker listens on a socket of its own in the port's SO_REUSEPORT group, so the
+    # kernel spreads connections evenly; one inherited socket lets the least busy worker
+    # take nearly all of them. A deep accept queue: a burst of new streams waits, not reset.
+    sockets = bind_sockets(port, config.address, reuse_port=workers > 1, backlog=4096)
     # The hard cap for a chunked upload (one with a Content-Length over the limit gets its 413
     # in the handler, whatever its size); below it, the handler answers 413 in the client's dialect.
     server = HTTPServer(gateway.application(), max_body_size=4 * config.max_body_bytes,
@@ -146,6 +154,24 @@ def serve(gateway, workers=1):
     signal.signal(signal.SIGHUP, lambda *a: loop.add_callback_from_signal(gateway.reload))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     loop.start()
+
+
+def _hold_port(address, port):
+    """Bind, without listening, what the workers will listen on: a busy port fails once,
+    in the parent, and the port stays ours across worker restarts. A socket that does not
+    listen is not in the SO_REUSEPORT group, so it takes no connections."""
+    held = []
+    for family, kind, proto, _, addr in socket.getaddrinfo(address or None, port, socket.AF_UNSPEC,
+                                                           socket.SOCK_STREAM, 0, socket.AI_PASSIVE):
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((addr[0], port) + tuple(addr[2:]))
+        held.append(sock)
+        port = sock.getsockname()[1]  # port 0: every address on the port the first one got
+    return held
 
 
 def _supervise(workers):
