@@ -8,6 +8,9 @@ Nothing in here names a particular dialect; the YAML does.
 """
 import json
 import logging
+from collections import Counter
+
+import jmespath
 
 import fastjsonschema
 from jmespath import Options
@@ -17,6 +20,7 @@ from jmespath.visitor import TreeInterpreter
 from arch import schemas
 from arch.errors import ConfigError, GatewayError
 from arch.rules.functions import RuleFunctions
+from arch.rules.jmes import compile_path
 from arch.rules.mapping import compile_expr, compile_mapping, compile_steps, truthy
 
 log = logging.getLogger("arch")
@@ -117,6 +121,45 @@ def _number_at(obj, path):
     return obj if _is_number(obj) else 0
 
 
+def _guard(when):
+    """(path, value) when the rule can only match if the field at path is the string value:
+    `e.type == 'x'`, alone or first in an `&&`; else None."""
+    if not isinstance(when, str):
+        return None
+    node = jmespath.compile(when).parsed
+    while node["type"] == "and_expression":
+        node = node["children"][0]
+    if node["type"] != "comparator" or node["value"] != "eq":
+        return None
+    left, right = node["children"]
+    if right["type"] != "literal" or not isinstance(right["value"], str):
+        return None
+    fields = left["children"] if left["type"] == "subexpression" else [left]
+    if not all(f["type"] == "field" for f in fields):
+        return None
+    return tuple(f["value"] for f in fields), right["value"]
+
+
+def dispatch(rules, whens):
+    """Rules indexed by the field most of them test (`e.type`, `e.kind`): an event is only
+    checked against the rules that can match it, in their declared order. Same result as
+    trying every rule in order: a rule guarded by another value cannot match."""
+    guards = [_guard(w) for w in whens]
+    paths = Counter(g[0] for g in guards if g)
+    if not paths:
+        return lambda root: rules
+    path = paths.most_common(1)[0][0]
+    values = {g[1] for g in guards if g and g[0] == path}
+    others = [r for r, g in zip(rules, guards) if not (g and g[0] == path)]
+    buckets = {v: [r for r, g in zip(rules, guards) if not (g and g[0] == path) or g[1] == v] for v in values}
+    lookup = compile_path(path)
+
+    def candidates(root):
+        value = lookup(root)
+        return buckets.get(value, others) if type(value) is str else others
+    return candidates
+
+
 class StreamProgram:
     """A declared stream state machine: initial state, start steps, optional
     `split` of each event into parts, `events` rules (first match runs), `eof` rules."""
@@ -133,9 +176,11 @@ class StreamProgram:
 
     @staticmethod
     def _rules(rules, interpreter, procedures, where):
-        return [(compile_expr(r["when"], interpreter, f"{where}[{n}].when"),
-                 compile_steps(r["do"], interpreter, procedures, f"{where}[{n}].do"))
-                for n, r in enumerate(rules or ())]
+        """A function of the root ({e, s, c}) giving the rules that may match its event, in order."""
+        compiled = [(compile_expr(r["when"], interpreter, f"{where}[{n}].when"),
+                     compile_steps(r["do"], interpreter, procedures, f"{where}[{n}].do"))
+                    for n, r in enumerate(rules or ())]
+        return dispatch(compiled, [r["when"] for r in rules or ()])
 
     def new_state(self):
         # `set` replaces values and never mutates them, so a shallow copy isolates requests.

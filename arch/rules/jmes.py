@@ -23,17 +23,62 @@ def _equals(x, y):
     return False if _is_special_number_case(x, y) else x == y
 
 
+def _steps(node):
+    """`a.b[0].c` as ['a', 'b', 0, 'c']: names and indexes only; else None."""
+    kind = node["type"]
+    if kind == "field":
+        return [node["value"]]
+    if kind == "index":
+        return [node["value"]]
+    if kind in ("subexpression", "index_expression"):
+        steps = [_steps(c) for c in node["children"]]
+        return None if None in steps else [s for part in steps for s in part]
+    return None
+
+
+def compile_path(steps):
+    """Names and indexes in a row, as one function. A name on anything without .get (list,
+    string, number, null) gives null: only JSON objects have .get here, so the exception
+    is the rare case and cheaper than a type check per step. An index applies to lists only."""
+    if len(steps) == 1 and isinstance(steps[0], str):
+        (key,) = steps
+
+        def field(v):
+            try:
+                return v.get(key)
+            except AttributeError:
+                return None
+        return field
+
+    def path(v):
+        try:
+            for step in steps:
+                if step.__class__ is str:
+                    v = v.get(step)
+                elif isinstance(v, list):
+                    v = v[step]
+                else:
+                    return None
+        except (AttributeError, IndexError):
+            return None
+        return v
+    return path
+
+
+def _plain_literal(node):
+    """A literal that equals only values of its own type: a string or null (numbers and
+    booleans need jmespath's rule that 0 is not false)."""
+    return node["type"] == "literal" and (node["value"] is None or isinstance(node["value"], str))
+
+
 def compile_node(node, interpreter):
     """A function of the current value that evaluates `node` (a jmespath AST)."""
     kind, children = node["type"], node.get("children", ())
     sub = [compile_node(c, interpreter) for c in children] if kind not in ("slice", "expref") else ()
 
-    if kind == "field":
-        key = node["value"]
-
-        def field(v):
-            return v.get(key) if isinstance(v, dict) else None
-        return field
+    steps = _steps(node) if kind in ("field", "subexpression", "index_expression") else None
+    if steps is not None:
+        return compile_path(steps)  # a.b[0].c: one function, not one per step
     if kind in ("subexpression", "index_expression", "pipe"):
         if len(sub) == 2:
             first, second = sub
@@ -68,6 +113,9 @@ def compile_node(node, interpreter):
     if kind == "comparator":
         left, right = sub
         op = node["value"]
+        if op in ("eq", "ne") and _plain_literal(children[1]):  # e.type == 'text': no number rules apply
+            value, negate = children[1]["value"], op == "ne"
+            return lambda v: (left(v) == value) is not negate
         if op == "eq":
             return lambda v: _equals(left(v), right(v))
         if op == "ne":

@@ -142,7 +142,7 @@ class Translate:
 
     def _match(self, rules, event):
         self.root["e"] = event
-        for when, steps in rules:
+        for when, steps in rules(self.root):
             if truthy(when(self.root)):
                 self._run(steps, event)
                 return
