@@ -31,6 +31,9 @@ PROVIDER_KEYS = {"model", "name", "access_key", "base_url", "default", "provider
 DEFAULT_POLICY = {"timeout": 1800.0, "connect_timeout": 10.0, "idle_timeout": 300.0,
                   "max_retries": 2, "retry_backoff": 0.5}
 DEFAULT_MAX_BODY = "32MB"
+# Below the idle timeouts of common load balancers and NATs (60 s and up), so that we
+# close an idle provider connection before a middlebox forgets it without telling us.
+DEFAULT_KEEPALIVE = 50.0
 ENTRY_LISTS = ("llm_providers", "model_providers", "model_aliases")
 
 
@@ -55,6 +58,7 @@ class Config:
     port: int
     max_body_bytes: int
     drain_seconds: float
+    keepalive_seconds: float
     tracing: dict | None
     access_log_file: str | None
     log_content: bool
@@ -169,6 +173,7 @@ def load_config(path):
     return Config(path=path, address=listener.get("address", "0.0.0.0"), port=listener.get("port", 12000),
                   max_body_bytes=parse_size(listener.get("max_body_size", DEFAULT_MAX_BODY)),
                   drain_seconds=parse_duration(listener.get("drain_timeout", 30)),
+                  keepalive_seconds=parse_duration(listener.get("keepalive_timeout", DEFAULT_KEEPALIVE)),
                   tracing=raw.get("tracing"), access_log_file=access.get("file") and str(path.parent / access["file"]), log_content=bool(access.get("content")),
                   providers=providers, aliases=aliases,
                   rules_dirs=[str((path.parent / d).resolve()) for d in raw.get("rules") or ()], warnings=warnings,

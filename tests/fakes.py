@@ -531,3 +531,115 @@ class FakeAnthropic(FakeProvider):
                     "usage": {"output_tokens": output_tokens}},
                    {"type": "message_stop"}]
         return self.sse_reply([b"event: %s\ndata: %s\n\n" % (e["type"].encode(), _dumps(e)) for e in events])
+
+
+class FakeProxy:
+    """A TCP middlebox on 127.0.0.1, in one of two roles.
+
+    - An HTTP forward proxy (no `upstream`): `CONNECT host:port` opens a tunnel
+      (answered `200`), an absolute-form request (`POST http://host:port/path`)
+      is passed to that host as it is; the first line of each is recorded in
+      `requests`, its whole head in `heads`.
+    - A relay to a fixed `upstream` (host, port), standing in for the NAT or load
+      balancer between the gateway and a provider: `blackhole_after` seconds of
+      silence on a connection make it swallow everything afterwards without a
+      word (the way a dropped NAT entry behaves); `poison()` makes every open
+      connection close as soon as it next carries a request.
+    """
+
+    def __init__(self, upstream=None, blackhole_after=None):
+        self.upstream, self.blackhole_after = upstream, blackhole_after
+        self.requests: list[str] = []
+        self.heads: list[str] = []
+        self.connections = 0
+        self._poisoned: set = set()
+        self._open: set = set()
+        self._lock = threading.Lock()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self):
+        self._sock.close()
+
+    def poison(self):
+        with self._lock:
+            self._poisoned |= self._open
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
+        try:
+            if self.upstream:
+                server, first = socket.create_connection(self.upstream), b""
+            else:
+                server, first = self._open_as_proxy(client)
+            if server is not None:
+                self._pipe(client, server, first)
+        except OSError:
+            pass
+        finally:
+            client.close()
+
+    def _open_as_proxy(self, client):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = client.recv(65536)
+            if not data:
+                return None, b""
+            head += data
+        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        with self._lock:
+            self.requests.append(line)
+            self.heads.append(head.split(b"\r\n\r\n", 1)[0].decode("latin-1"))
+        method, target = line.split(" ")[:2]
+        if method == "CONNECT":
+            host, _, port = target.rpartition(":")
+            server = socket.create_connection((host, int(port)))
+            client.sendall(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            return server, head.split(b"\r\n\r\n", 1)[1]
+        url = urlsplit(target)
+        return socket.create_connection((url.hostname, url.port or 80)), head
+
+    def _pipe(self, client, server, first):
+        with self._lock:
+            self._open.add(client)
+        if first:
+            server.sendall(first)
+        last, dead = time.monotonic(), False
+        try:
+            while True:
+                ready = select.select([client, server], [], [], 0.05)[0]
+                if client in ready:
+                    data = client.recv(65536)
+                    with self._lock:
+                        poisoned = client in self._poisoned
+                    if not data or poisoned:
+                        return
+                    quiet = time.monotonic() - last
+                    dead = dead or (self.blackhole_after is not None and quiet > self.blackhole_after)
+                    if not dead:  # once dead, swallowed: the connection still looks open
+                        server.sendall(data)
+                        last = time.monotonic()
+                if server in ready:
+                    data = server.recv(65536)
+                    if not data:
+                        return
+                    client.sendall(data)
+                    last = time.monotonic()
+        finally:
+            with self._lock:
+                self._open.discard(client)
+            server.close()

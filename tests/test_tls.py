@@ -4,6 +4,7 @@ Every other test talks plain HTTP to its fakes; real providers are all HTTPS.
 Here a fake serves TLS with a certificate made for the test; the gateway trusts
 it only through SSL_CERT_FILE, the standard OpenSSL way to add a CA.
 """
+import base64
 import shutil
 import ssl
 import subprocess
@@ -12,7 +13,7 @@ import openai
 import pytest
 
 from conftest import GATEWAY_ENV, openai_client, start_gateway
-from fakes import FakeOpenAI
+from fakes import FakeOpenAI, FakeProxy
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 USER = [{"role": "user", "content": "Hi"}]
@@ -73,3 +74,27 @@ def test_an_untrusted_certificate_is_refused(tls_fake):
         assert tls_fake.requests == []  # nothing, not even the key, went to the impostor
     finally:
         gw.stop()
+
+
+def test_https_provider_through_https_proxy_uses_connect(tls_fake):
+    proxy = FakeProxy().start()
+    try:
+        env = {**GATEWAY_ENV, "SSL_CERT_FILE": str(tls_fake.cert), "HTTPS_PROXY": f"http://u:p%40ss@127.0.0.1:{proxy.port}",
+               "NO_PROXY": ""}
+        gw = start_gateway(config(tls_fake), env=env)
+        try:
+            with client(gw) as c:
+                r = c.chat.completions.create(model="gpt-4o-mini", messages=USER)
+                assert r.choices[0].message.content == "Hello from gpt-4o-mini!"
+                text = "".join(ch.choices[0].delta.content or "" for ch in
+                               c.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True) if ch.choices)
+                assert text == "Hello from gpt-4o-mini!"
+            assert "u:p@ss" not in gw.output() and "p%40ss" not in gw.output()
+        finally:
+            gw.stop()
+        host = tls_fake.url.removeprefix("https://")
+        assert proxy.requests == [f"CONNECT {host} HTTP/1.1"]  # one tunnel, kept alive for both requests
+        assert f"Proxy-Authorization: Basic {base64.b64encode(b'u:p@ss').decode()}" in proxy.heads[0]
+        assert tls_fake.last["headers"]["authorization"] == "Bearer sk-openai-secret"  # inside the tunnel
+    finally:
+        proxy.stop()

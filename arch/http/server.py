@@ -32,7 +32,7 @@ class Gateway:
         self.listening = (self.runtime.config.address, self.runtime.config.port)  # fixed until a restart
         tracer.configure(self.runtime.config.tracing)
         report.open_access_log(self.runtime.config.access_log_file)
-        self.pool = Pool()
+        self.pool = Pool(keepalive=self.runtime.config.keepalive_seconds)
         self.inflight = 0
         self._seen = self._fingerprint()
 
@@ -74,6 +74,7 @@ class Gateway:
             report.RELOADS.labels("failure").inc()
             return False
         self.runtime = runtime
+        self.pool.keepalive = runtime.config.keepalive_seconds
         tracer.configure(runtime.config.tracing)
         report.open_access_log(runtime.config.access_log_file)
         self._seen = self._fingerprint()

@@ -10,9 +10,11 @@ from email.utils import parsedate_to_datetime
 from time import time
 from urllib.parse import urlsplit
 
+from arch import __version__
 from arch.errors import ConfigError, GatewayError
 from arch.upstream.client import Timeouts
 
+USER_AGENT = f"archgw/{__version__}"
 MAX_RETRY_WAIT = 30.0  # a provider asking for a longer pause gets no retry: the next fallback is better
 
 
@@ -100,7 +102,9 @@ def provider_of(cfg, rules):
 def make_target(cfg, rule, model_id):
     if not cfg.base_url and rule.base_url_required:
         raise ConfigError([f"{cfg.where}.base_url: required for provider {rule.name!r}"])
-    headers = dict(rule.headers)
+    # ours unless the rules set one, or forward the client's (`forward_headers: [user-agent]`)
+    headers = {} if any(h.lower() == "user-agent" for h in rule.headers) else {"user-agent": USER_AGENT}
+    headers.update(rule.headers)
     if rule.auth and cfg.access_key:
         headers[rule.auth["header"]] = rule.auth["value"].format(key=cfg.access_key)
     return Target(name=cfg.name, model=model_id, provider=rule.name, dialect=rule.dialect,

@@ -8,11 +8,15 @@ response is a few byte searches per read, which is most of why the gateway
 adds little latency. This module knows sockets and HTTP, not dialects.
 """
 import asyncio
+import base64
 import logging
 import ssl
 from functools import lru_cache
 from time import monotonic
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment
+
+from arch.upstream import mock
 
 log = logging.getLogger("arch")
 _TLS = ssl.create_default_context()
@@ -63,6 +67,7 @@ class _Connection(asyncio.Protocol):
         self.remaining = 0
         self.keep_alive = True
         self.closed = False
+        self.idle_since = 0.0
 
     def start(self, call, request):
         self.call, self.buf, self.state = call, b"", "head"
@@ -181,32 +186,48 @@ class _Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Idle keep-alive connections per (scheme, host, port)."""
+    """Idle keep-alive connections per (scheme, host, port).
 
-    def __init__(self, per_host=64):
+    A connection idle longer than `keepalive` seconds is closed, not reused: a
+    NAT or load balancer between us and the provider may have forgotten it
+    without a word, and a request written into it would wait for nothing."""
+
+    def __init__(self, per_host=64, keepalive=50.0):
         self.idle = {}
         self.per_host = per_host
+        self.keepalive = keepalive
+        self.proxies = getproxies_environment()  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY, read once
 
-    async def _connect(self, scheme, host, port, timeout):
+    def proxy_for(self, scheme, host):
+        """The proxy URL for a provider host (None: direct), from the environment."""
+        if scheme not in self.proxies or proxy_bypass_environment(host, self.proxies):
+            return None
+        return self.proxies[scheme]
+
+    async def _connect(self, scheme, host, port, timeout, fresh=False):
         idle = self.idle.get((scheme, host, port))
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn, True
-        loop = asyncio.get_running_loop()
+        if idle and not fresh:
+            expired = monotonic() - self.keepalive
+            while idle and idle[0].idle_since < expired:  # the oldest first
+                idle.pop(0).transport.close()
+            while idle:
+                conn = idle.pop()
+                if not conn.closed:
+                    return conn, True
+        proxy = self.proxy_for(scheme, host)
+        where = f"{host}:{port}" + (f" through the proxy {urlsplit(proxy).netloc.rpartition('@')[2]}" if proxy else "")
         try:
-            _, conn = await asyncio.wait_for(loop.create_connection(
-                _Connection, host, port, ssl=_TLS if scheme == "https" else None), timeout)
+            conn = await asyncio.wait_for(_open(scheme, host, port, proxy), timeout)
         except asyncio.TimeoutError:
-            raise UpstreamError("connect", f"connecting to {host}:{port} timed out after {timeout:g}s") from None
+            raise UpstreamError("connect", f"connecting to {where} timed out after {timeout:g}s") from None
         except OSError as e:
-            raise UpstreamError("connect", f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+            raise UpstreamError("connect", f"cannot connect to {where}: {e.strerror or e}") from None
         return conn, False
 
     def _release(self, key, conn):
         idle = self.idle.setdefault(key, [])
         if conn.keep_alive and not conn.closed and len(idle) < self.per_host:
-            conn.call = None
+            conn.call, conn.idle_since = None, monotonic()
             idle.append(conn)
         else:
             conn.transport.close()
@@ -214,14 +235,18 @@ class Pool:
     async def send(self, call, method, url, headers, body, timeouts):
         """Send the request and read the whole response into `call`; raise UpstreamError."""
         scheme, host, port, netloc, path = _split(url)
+        if scheme == "http" and self.proxy_for(scheme, host):
+            path = f"http://{netloc}{path}"  # absolute-form: the proxy reads where to go from the request line
         head = [f"{method} {path} HTTP/1.1\r\nHost: {netloc}\r\nContent-Length: {len(body)}\r\n"]
         head += [f"{name}: {value}\r\n" for name, value in headers.items()]
         request = "".join(head).encode() + b"\r\n" + body
         call._last = monotonic()
         watchdog = _Watchdog(call, timeouts)
         try:
+            if scheme == "mock":  # the built-in mock provider answers in-process
+                return await mock.respond(call, path, body)
             for attempt in (1, 2):
-                conn, reused = await self._connect(scheme, host, port, timeouts.connect)
+                conn, reused = await self._connect(scheme, host, port, timeouts.connect, fresh=attempt == 2)
                 call.conn = conn
                 if call.failure:
                     conn.abort()
@@ -234,11 +259,61 @@ class Pool:
                     self._release((scheme, host, port), conn)
                     return
                 conn.abort()
-                # A reused connection the provider had already closed: try once more on a new one.
+                # A reused connection that failed before any response byte (the provider or a
+                # middlebox had dropped it): try once more, on a new connection.
                 if not (reused and call.status is None and attempt == 1):
                     raise UpstreamError("closed", "the provider closed the connection before the response was complete")
         finally:
             watchdog.stop()
+
+
+async def _open(scheme, host, port, proxy):
+    """A new connection to host:port, directly or through an HTTP proxy: an http
+    provider is reached by sending absolute-form requests to the proxy, an https
+    one through a CONNECT tunnel with TLS to the provider inside it."""
+    loop = asyncio.get_running_loop()
+    tls = _TLS if scheme == "https" else None
+    if proxy is None:
+        return (await loop.create_connection(_Connection, host, port, ssl=tls))[1]
+    p = urlsplit(proxy)
+    if tls is None:
+        return (await loop.create_connection(_Connection, p.hostname, p.port or 80))[1]
+    transport, tunnel = await loop.create_connection(_Tunnel, p.hostname, p.port or 80)
+    auth = ""
+    if p.username:
+        token = base64.b64encode(f"{unquote(p.username)}:{unquote(p.password or '')}".encode()).decode()
+        auth = f"Proxy-Authorization: Basic {token}\r\n"
+    transport.write(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode())
+    try:
+        status = await tunnel.answer
+    except OSError:
+        transport.abort()
+        raise
+    if status.split(" ")[1:2] != ["200"]:
+        transport.abort()
+        raise OSError(f"the proxy refused CONNECT: {status[:200]}")
+    conn = _Connection()
+    conn.connection_made(await loop.start_tls(transport, conn, tls, server_hostname=host))
+    return conn
+
+
+class _Tunnel(asyncio.Protocol):
+    """Reads a proxy's answer to CONNECT: `answer` is its status line."""
+
+    def __init__(self):
+        self.answer = asyncio.get_running_loop().create_future()
+        self.buf = b""
+
+    def data_received(self, data):
+        self.buf += data
+        if b"\r\n\r\n" in self.buf and not self.answer.done():
+            self.answer.set_result(self.buf.split(b"\r\n", 1)[0].decode("latin-1"))
+        elif len(self.buf) > MAX_HEAD and not self.answer.done():
+            self.answer.set_exception(OSError("the proxy's answer to CONNECT is too large"))
+
+    def connection_lost(self, exc):
+        if not self.answer.done():
+            self.answer.set_exception(OSError("the proxy closed the connection during CONNECT"))
 
 
 @lru_cache(maxsize=1024)
