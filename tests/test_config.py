@@ -81,7 +81,7 @@ def test_archgw_console_script():
 def test_validate_names_unset_key_variables():
     code, out = archgw("validate", "arch_config.yaml")  # OPENAI_API_KEY/ANTHROPIC_API_KEY removed
     assert code == 0, out  # a missing key is a warning: the other models can still be served
-    assert re.search(r"llm_providers\[0\]\.access_key: environment variable OPENAI_API_KEY is not set", out)
+    assert re.search(r"llm_providers\[\d\]\.access_key: environment variable OPENAI_API_KEY is not set", out)
     assert re.search(r"llm_providers\[\d\]\.access_key: environment variable ANTHROPIC_API_KEY is not set", out)
 
 

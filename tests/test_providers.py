@@ -209,8 +209,9 @@ def test_anthropic_path_and_auth_headers(name, oai, anthropic_fake):
 
 def test_every_builtin_provider_is_covered():
     builtin = {p.stem for p in (ROOT / "rules" / "providers").glob("*.yaml")}
-    # openai_compatible is what the `provider_interface: openai` entry (my_llm/...) uses
-    covered = {m.partition("/")[0] for m, _, _ in CATALOGUE.values()} | {"azure_openai", "anthropic", "openai_compatible"}
+    # openai_compatible is what the `provider_interface: openai` entry (my_llm/...) uses; mock has tests/test_mock.py
+    covered = {m.partition("/")[0] for m, _, _ in CATALOGUE.values()} | {"azure_openai", "anthropic", "openai_compatible",
+                                                                        "mock"}
     assert builtin <= covered, f"providers without a test: {builtin - covered}"
 
 
