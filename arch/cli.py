@@ -1,6 +1,7 @@
 """`archgw up` and `archgw validate` (also `python -m arch ...`)."""
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import sys
@@ -20,6 +21,8 @@ def main(argv=None):
         p.add_argument("--rules", action="append", default=[], metavar="DIR",
                        help="a rules directory laid over the built-in rules (repeatable)")
     up.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
+    up.add_argument("--host", help="address to listen on (default: the config's listener address)")
+    up.add_argument("--port", type=int, help="port to listen on (default: the config's listener port)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return _validate(args) if args.command == "validate" else _up(args)
@@ -53,7 +56,7 @@ def _up(args):
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # must be set before prometheus_client is imported, so every worker writes shared files
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="archgw-metrics-")
-    from arch.http.server import Gateway, serve  # tornado's server and metrics only when serving
+    from arch.http.server import Gateway, listen, serve  # tornado's server and metrics only when serving
     _use_uvloop()
 
     try:
@@ -67,9 +70,18 @@ def _up(args):
     log = logging.getLogger("arch")
     for w in runtime.warnings:
         log.warning("%s", w)
-    lines = [f"archgw listening on http://{config.address}:{config.port}"]
+    address = args.host or config.address
+    port = config.port if args.port is None else args.port
+    try:
+        sockets = listen(address, port, args.workers)
+    except OSError as e:
+        print(f"archgw: cannot listen on {address}:{port}: {e.strerror or e}"
+              + (" (another process has it; choose another with --port)" if e.errno == errno.EADDRINUSE else ""),
+              file=sys.stderr)
+        return 1
+    lines = [f"archgw listening on http://{address}:{port}"]
     lines += [f"  model  {t.name:<40} -> {t.provider} {t.model} ({t.url})" for t in runtime.routes.targets]
     lines += [f"  alias  {a:<40} -> {t}" for a, t in runtime.routes.aliases.items()]
     print("\n".join(lines), flush=True)
-    serve(gateway, workers=args.workers)
+    serve(gateway, address, sockets, workers=args.workers)
     return 0

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -321,6 +323,70 @@ def test_up_refuses_a_broken_config_listing_problems():
     assert "exited with code 1" in str(info.value)
     assert "llm_providers[1]" in out and "llm_providers[2].base_url" in out
     assert "Traceback" not in out
+
+
+def test_up_host_and_port_flags_override_the_config(workdir, openai_fake):
+    config_port, port = free_port(), free_port()
+    (workdir / "config.yaml").write_text(textwrap.dedent(f"""
+        version: v0.1.0
+        listeners:
+          egress_traffic: {{address: 0.0.0.0, port: {config_port}}}
+        llm_providers:
+          - model: openai/gpt-4o-mini
+            access_key: $OPENAI_API_KEY
+            base_url: {openai_fake.url}
+        """))
+    gw = launch(workdir, port, {**os.environ, **GATEWAY_ENV}, extra_args=["--host", "127.0.0.1", "--port", str(port)])
+    try:
+        assert f"listening on http://127.0.0.1:{port}" in gw.output()
+        with openai_client(gw) as client:
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        gw.stop()
+
+
+def test_up_on_a_busy_port_is_one_line_not_a_traceback(gateway, tmp_path):
+    path = write(tmp_path, f"""
+        version: v0.1.0
+        listeners:
+          egress_traffic: {{address: 127.0.0.1, port: {gateway.port}}}
+        llm_providers:
+          - model: ollama/llama3.1
+            base_url: http://127.0.0.1:1
+        """)
+    code, out = archgw("up", str(path))  # archgw() also checks there is no traceback
+    assert code == 1
+    assert f"archgw: cannot listen on 127.0.0.1:{gateway.port}: Address already in use" in out
+    assert "--port" in out
+
+
+def _workers(pid):
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return {int(p) for p in found}
+
+
+def test_workers_that_keep_crashing_are_restarted_with_backoff_then_stop_the_gateway(openai_fake):
+    gw = start_gateway({"version": "v0.1.0", "listeners": {"egress_traffic": {"port": 0}},
+                        "llm_providers": [{"model": "openai/gpt-4o-mini", "access_key": "x",
+                                           "base_url": openai_fake.url}]},
+                       env=GATEWAY_ENV, extra_args=["--workers", "2"])
+    try:
+        killed = set()
+        deadline = time.monotonic() + 60
+        while gw.proc.poll() is None and time.monotonic() < deadline:
+            alive = _workers(gw.proc.pid) - killed
+            if alive:
+                victim = min(alive)
+                os.kill(victim, signal.SIGKILL)
+                killed.add(victim)
+            time.sleep(0.05)
+        assert gw.proc.poll() == 1, "the supervisor kept restarting crashing workers"
+        out = gw.output()
+        assert "starting another in 0.25s" in out and "starting another in 0.50s" in out
+        assert "workers kept crashing" in out and "Traceback" not in out
+        assert not _workers(gw.proc.pid)
+    finally:
+        gw.stop()
 
 
 @pytest.fixture(scope="module")

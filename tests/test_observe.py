@@ -18,6 +18,7 @@ import json
 import re
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,6 +62,7 @@ class Collector:
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
                 with collector.lock:
                     collector.posts.append({"path": self.path, "content_type": self.headers.get("content-type"),
+                                            "headers": {k.lower(): v for k, v in self.headers.items()},
                                             "body": json.loads(raw)})
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
@@ -561,6 +563,22 @@ def test_access_log_one_line_per_chat_request(gw, oai, anth, openai_fake, anthro
     assert "content" not in json.loads(text.splitlines()[-1])
 
 
+def test_access_log_names_the_requested_model_of_a_refused_request(gw, openai_fake):
+    mine = rid("bad")
+    long_name = "m" * 5000
+    for model, logged in (("gpt-4o-mini", "gpt-4o-mini"), (long_name, long_name[:200])):
+        request_id = f"{mine}-{len(model)}"
+        req = urllib.request.Request(gw.url + "/v1/chat/completions", method="POST", headers={
+            "content-type": "application/json", "x-request-id": request_id},
+            data=json.dumps({"model": model, "messages": "not a list"}).encode())
+        with pytest.raises(urllib.error.HTTPError) as info:
+            _direct.open(req, timeout=5)
+        assert info.value.code == 400
+        line = gw.access.one(request_id)
+        assert (line["status"], line["requested_model"]) == (400, logged)
+    assert openai_fake.requests == []
+
+
 def test_access_log_content_option_logs_the_body(gw_content, openai_fake):
     with openai_client(gw_content) as client:
         mine = rid("content")
@@ -813,6 +831,33 @@ def test_tracing_off_passes_traceparent_through(openai_fake, anthropic_fake, oll
             client.chat.completions.create(model="fast-model", messages=msgs(),
                                            extra_headers={"traceparent": incoming})
         assert openai_fake.last["headers"]["traceparent"] == incoming
+    finally:
+        gw3.stop()
+
+
+def test_standard_otel_exporter_variables(openai_fake, anthropic_fake, ollama_fake, collector):
+    config = gateway_config(openai_fake.url, anthropic_fake.url, ollama_fake.url)
+    config["tracing"] = {"random_sampling": 100}  # no endpoint: the environment says where
+    gw3 = start_gateway(config, env={
+        **GATEWAY_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",  # the traces-specific one wins
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url + "/custom/traces",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20collector-token,x-tenant=acme",
+        "OTEL_SERVICE_NAME": "edge-gateway",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test,service.name=overridden"})
+    try:
+        mine = rid("otel-env")
+        with openai_client(gw3, "k") as client:
+            client.chat.completions.create(model="fast-model", messages=msgs(), extra_headers=hdr(mine))
+        collector.wait_span(mine)
+        post = next(p for p in collector.posts if any(
+            attrs(span).get("arch.request_id") == mine
+            for rs in p["body"]["resourceSpans"] for ss in rs["scopeSpans"] for span in ss["spans"]))
+        assert post["path"] == "/custom/traces"
+        assert post["headers"]["authorization"] == "Bearer collector-token"
+        assert post["headers"]["x-tenant"] == "acme"
+        resource = attrs(post["body"]["resourceSpans"][0]["resource"])
+        assert resource == {"service.name": "edge-gateway", "deployment.environment": "test"}
+        assert "collector-token" not in gw3.output()
     finally:
         gw3.stop()
 

@@ -31,6 +31,7 @@ _RETRY_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504, 529}
 # A lone surrogate ("\ud83d" in the JSON text, half an emoji) has no UTF-8 form: write it back as that escape.
 _ESCAPE = "backslashreplace"
+MAX_LOGGED_MODEL = 200  # characters of a requested model name kept in the log and metrics
 
 
 def _not_json(constant):
@@ -196,14 +197,20 @@ class Chat(Base):
 
     async def _serve(self):
         body = self._body()
+        self._note_model(body)
         client = self.runtime.rules.dialects[self.dialect]
         client.validate(body)
-        self.record["requested_model"] = name = body["model"]
+        name = body["model"]
         self.record["stream"] = body.get("stream") is True
         route = self.runtime.routes.resolve(name)
         if name in self.runtime.routes.aliases:
             self.record["alias"] = name
         await self._forward(client, body, route)
+
+    def _note_model(self, body):
+        """The model the body names, logged even when the request is then refused (capped: untrusted)."""
+        if isinstance(body, dict) and isinstance(body.get("model"), str):
+            self.record["requested_model"] = body["model"][:MAX_LOGGED_MODEL]
 
     def _body(self):
         limit = self.runtime.config.max_body_bytes
@@ -377,8 +384,8 @@ class CountTokens(Chat):
 
     async def _serve(self):
         body = self._body()
+        self._note_model(body)
         schemas.check("anthropic_count_tokens.schema.yaml", body)
-        self.record["requested_model"] = body["model"]
         target = self.runtime.routes.resolve(body["model"])[0]
         self.record["provider"], self.record["model"] = target.provider, target.model
         if target.count_tokens_url is None:

@@ -3,6 +3,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 from tornado.httpserver import HTTPServer
@@ -20,6 +21,12 @@ from arch.upstream.client import Pool
 
 log = logging.getLogger("arch")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# --workers supervisor: a worker that lived less than STABLE_WORKER seconds crashed "quickly";
+# the pause before replacing it doubles from RESTART_BACKOFF; CRASH_LIMIT quick crashes in a row stop the gateway.
+STABLE_WORKER = 30.0
+RESTART_BACKOFF = 0.25
+MAX_RESTART_BACKOFF = 8.0
+CRASH_LIMIT = 5
 
 
 class Gateway:
@@ -108,20 +115,30 @@ def _access_log(handler):
                   1000 * handler.request.request_time())
 
 
-def serve(gateway, workers=1):
-    config = gateway.runtime.config
-    port = config.port
+def listen(address, port, workers=1):
+    """Bind now, so that a busy port fails here, once, before anything starts (the
+    caller reports it): the listening sockets of one process, or under --workers
+    the port held for the workers (see _hold_port)."""
     if workers > 1:
-        held = _hold_port(config.address, port)
-        port = held[0].getsockname()[1]
+        return _hold_port(address, port)
+    # a deep accept queue: a burst of new streams waits, not reset
+    return bind_sockets(port, address, backlog=4096)
+
+
+def serve(gateway, address, bound, workers=1):
+    """Serve on what listen() bound, in this process or in `workers` forked ones."""
+    config = gateway.runtime.config
+    sockets = bound
+    if workers > 1:
+        port = bound[0].getsockname()[1]
         if _supervise(workers):
             return  # the supervisor's workers have all exited
-        for sock in held:
+        for sock in bound:
             sock.close()
-    # Each worker listens on a socket of its own in the port's SO_REUSEPORT group, so the
-    # kernel spreads connections evenly; one inherited socket lets the least busy worker
-    # take nearly all of them. A deep accept queue: a burst of new streams waits, not reset.
-    sockets = bind_sockets(port, config.address, reuse_port=workers > 1, backlog=4096)
+        # Each worker listens on a socket of its own in the port's SO_REUSEPORT group, so the
+        # kernel spreads connections evenly; one inherited socket lets the least busy worker
+        # take nearly all of them.
+        sockets = bind_sockets(port, address, reuse_port=True, backlog=4096)
     # The hard cap for a chunked upload (one with a Content-Length over the limit gets its 413
     # in the handler, whatever its size); below it, the handler answers 413 in the client's dialect.
     server = HTTPServer(gateway.application(), max_body_size=4 * config.max_body_bytes,
@@ -178,9 +195,15 @@ def _hold_port(address, port):
 def _supervise(workers):
     """Fork `workers` processes that serve the shared sockets; the parent stays
     to pass SIGTERM/SIGINT/SIGHUP on to them, restart one that crashes, and
-    return True once all have exited after a shutdown. In a worker: False."""
+    return True once all have exited after a shutdown. In a worker: False.
+
+    A worker that crashes soon after it started is restarted after a pause that
+    doubles each time (a broken setup must not fork in a tight loop); after
+    CRASH_LIMIT such crashes in a row the gateway stops, exiting 1."""
     children = {}
     stopping = False
+    quick_crashes = 0
+    failed = False
 
     def spawn():
         pid = os.fork()
@@ -190,7 +213,7 @@ def _supervise(workers):
             for sig in SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             return True
-        children[pid] = True
+        children[pid] = time.monotonic()
         return False
 
     def forward(signum, _frame):
@@ -214,10 +237,25 @@ def _supervise(workers):
             break
         except InterruptedError:
             continue
-        children.pop(pid, None)
+        started = children.pop(pid, None)
         report.process_exited(pid)
-        if not stopping and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
-            log.warning("worker %d exited (status %d); starting another", pid, status)
-            if spawn():
-                return False
+        if stopping or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            continue
+        lived = time.monotonic() - (started or 0)
+        quick_crashes = quick_crashes + 1 if lived < STABLE_WORKER else 1
+        if quick_crashes > CRASH_LIMIT:
+            log.error("worker %d exited (status %d): %d workers crashed in a row within %gs of starting; stopping",
+                      pid, status, quick_crashes, STABLE_WORKER)
+            forward(signal.SIGTERM, None)
+            failed = True
+            continue
+        pause = min(RESTART_BACKOFF * 2 ** (quick_crashes - 1), MAX_RESTART_BACKOFF)
+        log.warning("worker %d exited (status %d); starting another in %.2fs", pid, status, pause)
+        deadline = time.monotonic() + pause
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not stopping and spawn():
+            return False
+    if failed:
+        raise SystemExit("archgw: stopped: workers kept crashing (see the log above)")
     return True

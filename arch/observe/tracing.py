@@ -6,7 +6,10 @@ GenAI semantic conventions (`chat <model>`, gen_ai.*). An incoming W3C
 otherwise `tracing.random_sampling` percent of requests are traced. The
 provider gets a `traceparent` naming our span, so its spans nest under ours.
 Spans are batched and posted to the collector in the background; a collector
-that is down costs a log line, never a request.
+that is down costs a log line, never a request. The standard exporter variables
+are honoured: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is) or
+OTEL_EXPORTER_OTLP_ENDPOINT (+ /v1/traces) when the config names no endpoint,
+OTEL_EXPORTER_OTLP_(TRACES_)HEADERS, OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
 """
 import json
 import logging
@@ -14,6 +17,7 @@ import os
 import random
 import re
 import time
+from urllib.parse import unquote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.ioloop import IOLoop, PeriodicCallback
@@ -29,6 +33,8 @@ class Tracer:
         self.enabled = False
         self.sampling = 0.0
         self.endpoint = None
+        self.headers = {}
+        self.resource = []
         self.spans = []
         self._flusher = None
         self._warned = False
@@ -38,8 +44,17 @@ class Tracer:
         tracing = tracing or {}
         self.enabled = bool(tracing)  # off: no spans, and an incoming traceparent goes upstream as it came
         self.sampling = float(tracing.get("random_sampling", 0)) if tracing else 0.0
-        base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        self.endpoint = tracing.get("endpoint") or (base.rstrip("/") + "/v1/traces" if base else DEFAULT_ENDPOINT)
+        env = os.environ
+        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        self.endpoint = (tracing.get("endpoint") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                         or (base.rstrip("/") + "/v1/traces" if base else DEFAULT_ENDPOINT))
+        self.headers = {**_pairs(env.get("OTEL_EXPORTER_OTLP_HEADERS")),
+                        **_pairs(env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")),
+                        "Content-Type": "application/json"}
+        resource = {"service.name": "archgw", **_pairs(env.get("OTEL_RESOURCE_ATTRIBUTES"))}
+        if env.get("OTEL_SERVICE_NAME"):
+            resource["service.name"] = env["OTEL_SERVICE_NAME"]
+        self.resource = [_attribute(k, v) for k, v in resource.items()]
         # The flusher starts with the first span (end), in the serving process: starting it here
         # would make an IOLoop before `--workers N` forks, and the workers would share it.
 
@@ -99,16 +114,22 @@ class Tracer:
             return
         spans, self.spans = self.spans, []
         body = {"resourceSpans": [{
-            "resource": {"attributes": [_attribute("service.name", "archgw")]},
+            "resource": {"attributes": self.resource},
             "scopeSpans": [{"scope": {"name": "arch"}, "spans": spans}]}]}
         try:
             await AsyncHTTPClient().fetch(self.endpoint, method="POST", body=json.dumps(body),
-                                          headers={"Content-Type": "application/json"}, request_timeout=5)
+                                          headers=self.headers, request_timeout=5)
             self._warned = False
         except (HTTPClientError, OSError) as e:
             if not self._warned:
                 log.warning("cannot export %d span(s) to %s: %s", len(spans), self.endpoint, e)
                 self._warned = True
+
+
+def _pairs(text):
+    """`k1=v1,k2=v2` (values URL-encoded), the OTEL_* list format, as a dict."""
+    pairs = (item.partition("=") for item in (text or "").split(","))
+    return {unquote(k.strip()): unquote(v.strip()) for k, eq, v in pairs if eq and k.strip()}
 
 
 def _hex(n):
