@@ -10,7 +10,7 @@ vendor would (`FakeOpenAI`, `FakeAnthropic`): a chat request gets the `Turn` tha
 in the fake's dialect, as JSON or SSE as the request asked. A responder decides
 from the request alone, so an agent's multi-turn conversation (whose number and
 order of requests the test does not control) is still deterministic. Shapes follow
-shared/wire/SPEC.md §1.2-1.4 and §2.2-2.4; the vectors in tests/vectors are
+docs/wire-formats.md (sections 1 and 2); the vectors in tests/vectors are
 recordings of the real APIs and can be replayed with `enqueue(sse=vector(...))`.
 """
 from __future__ import annotations

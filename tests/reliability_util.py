@@ -1,4 +1,4 @@
-"""Helpers shared by the reliability, fuzz and soak tests (issue 5).
+"""Helpers shared by the reliability, fuzz and soak tests.
 
 Configs derived from the standard one in conftest, raw HTTP without an SDK
 (so a test sees exactly what went over the socket), and the numbers a leak
@@ -109,7 +109,7 @@ def sse_frames(raw: bytes) -> list[tuple[str | None, str]]:
 
 
 def assert_dialect_error(dialect, resp, status=None):
-    """`resp` is a well-formed error in `dialect`'s envelope (SPEC §1.4, §2.4)."""
+    """`resp` is a well-formed error in `dialect`'s envelope."""
     assert resp.status >= 400, (resp.status, resp.body[:300])
     if status is not None:
         assert resp.status == status, (resp.status, resp.body[:300])

@@ -1,4 +1,4 @@
-"""Issue 2, configuration and command line: `archgw validate`, `archgw up`, the
+"""Configuration and command line: `archgw validate`, `archgw up`, the
 original Arch config forms, `$VAR`/`${VAR}` and `.env`.
 
 `validate` runs as a subprocess the way a user runs it; configs that need a

@@ -1,4 +1,4 @@
-"""Issue 2 end to end: both endpoints, aliases, streaming, errors, secrets.
+"""Both endpoints, aliases, streaming, errors, secrets.
 
 Real clients (the `openai` and `anthropic` SDKs, curl, http.client) talk to the
 real gateway over sockets; the gateway talks to the fake providers, which

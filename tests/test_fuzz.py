@@ -1,4 +1,4 @@
-"""Issue 5.6: bad input never hurts anyone else.
+"""Bad input never hurts anyone else.
 
 Hand-picked bad requests (invalid JSON, wrong types, huge and deeply nested
 bodies, invalid UTF-8, unknown roles, wrong content types, a client sending
@@ -89,7 +89,7 @@ def assert_well_formed_stream(dialect, raw):
         event = json.loads(data)
         assert isinstance(event, dict), data
         if dialect == "anthropic":
-            assert name == event.get("type"), (name, data)  # §13: event name == data.type
+            assert name == event.get("type"), (name, data)  # the anthropic SDK needs event name == data.type
     name, data = frames[-1]
     if dialect == "openai":
         assert data == "[DONE]" or "error" in json.loads(data), frames[-3:]

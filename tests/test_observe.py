@@ -1,4 +1,4 @@
-"""Issue 7: observability - Prometheus metrics, the JSON access log, usage and
+"""Observability - Prometheus metrics, the JSON access log, usage and
 cost, OTLP traces, and metrics under `--workers N`.
 
 Everything is checked after real SDK traffic (openai and anthropic clients,

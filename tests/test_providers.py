@@ -1,4 +1,4 @@
-"""Issue 4: the provider catalogue as rules, user rules directories, /v1/models,
+"""The provider catalogue as rules, user rules directories, /v1/models,
 /v1/messages/count_tokens and missing keys.
 
 One gateway serves every provider in rules/providers/ (plus a
@@ -97,7 +97,7 @@ def catalogue_config(openai_url, anthropic_url):
         # base_url from the environment
         {"model": "openai/gpt-4o", "name": "p-env-base", "base_url": "${ARCH_TEST_BASE_URL}/gw",
          "access_key": f"${var_for('p-env-base')}"},
-        # a key variable that is not set (issue 4 §6), in the ${VAR} form
+        # a key variable that is not set, in the ${VAR} form
         {"model": "mistral/open-mistral-nemo", "name": "p-nokey", "base_url": openai_url + "/v1",
          "access_key": f"${{{UNSET_VAR}}}"},
         # a provider that is neither in the catalogue nor given a provider_interface

@@ -1,4 +1,4 @@
-"""Issue 5: when a provider fails, the gateway fails well, and never falls over.
+"""When a provider fails, the gateway fails well, and never falls over.
 
 Timeouts, retries, fallbacks, client disconnects, mid-stream upstream
 failures, graceful shutdown and reload, each against a gateway started with
@@ -84,7 +84,7 @@ def stream_text(client, model, got=None):
 
 
 def in_stream_error(dialect):
-    """What each SDK raises for an in-stream error frame (SPEC §13)."""
+    """What each SDK raises for an in-stream error frame."""
     return openai.APIError if dialect == "openai" else anthropic.APIStatusError
 
 
@@ -447,7 +447,7 @@ def test_all_targets_failing_in_a_raw_stream_request(fallback_gw, fakes):
     error_reply(fakes[1], 529)
     fakes[0].enqueue(502, json=OAI_500)
     resp = post(fallback_gw.url, "/v1/chat/completions", {"model": "smart-model", "stream": True, "messages": USER})
-    assert resp.headers["content-type"].startswith("application/json")  # not a started stream (§13)
+    assert resp.headers["content-type"].startswith("application/json")  # not a started stream
     assert_dialect_error("openai", resp, 502)
 
 

@@ -1,4 +1,4 @@
-"""Issue 4 §3: hot reload of arch_config.yaml and rules files.
+"""Hot reload of arch_config.yaml and rules files.
 
 A running gateway picks up an edited config or rules file (file watcher, or
 SIGHUP) for new requests; a broken edit is refused with a log line while the

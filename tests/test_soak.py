@@ -1,4 +1,4 @@
-"""Issue 5.8: a soak test. Many mixed requests and streams, both dialects and
+"""A soak test. Many mixed requests and streams, both dialects and
 across them, some failing upstream, some clients hanging up; afterwards the
 gateway's RSS and open file descriptors are flat compared with after a warm-up.
 

@@ -1,10 +1,10 @@
-"""Issue 3, non-streaming: cross-dialect translation through real sockets.
+"""Non-streaming: cross-dialect translation through real sockets.
 
 An OpenAI SDK client calls the Anthropic model (served by `anthropic_fake`) and
 an Anthropic SDK client calls OpenAI-compatible models (`openai_fake`,
 `ollama_fake`). Each test checks both ends: what the SDK returned and what the
 provider received (`fake.last["body"]`). Fake answers are the recorded vectors
-in tests/vectors where one fits (SPEC §4-§8, §10, §11).
+in tests/vectors where one fits.
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_raw_openai_response_shape(gateway, anthropic_fake):
     msg = body["choices"][0]["message"]
     assert {"role", "content", "refusal"} <= msg.keys()
     assert body["choices"][0]["logprobs"] is None
-    assert "end_turn" not in data.decode()  # the source vocabulary never leaks (§7)
+    assert "end_turn" not in data.decode()  # the source vocabulary never leaks
 
 
 # --- tools ---------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def test_parallel_tool_calls_openai_to_anthropic_response(anth, openai_fake):
 
 
 def test_compat_tool_call_without_id_gets_one(anth, openai_fake):
-    """Compat servers (Ollama) may omit the call id: a tool_use still has one (§6)."""
+    """Compat servers (Ollama) may omit the call id: a tool_use still has one."""
     openai_fake.enqueue(json=oai_completion({"tool_calls": [{"type": "function", "function": {
         "name": "add", "arguments": {"a": 1, "b": 2}}}]}, finish="tool_calls"))
     msg = anth.messages.create(model=GPT, max_tokens=100, messages=USER, tools=TOOLS_ANTH)
@@ -220,7 +220,7 @@ def test_compat_tool_call_without_id_gets_one(anth, openai_fake):
 
 def test_two_turn_tool_conversation_openai_client(oai, anthropic_fake):
     """OpenAI `tool` messages become ONE user turn of tool_result blocks, in order, ids kept;
-    a user message after them joins that turn after the results (§4, §12.12)."""
+    a user message after them joins that turn after the results."""
     req = vector_json("openai/request_multiturn_tool_results.json")
     req["model"] = CLAUDE
     req["messages"].append({"role": "user", "content": "And now in words?"})
@@ -260,7 +260,7 @@ def test_two_turn_tool_conversation_openai_client_vector_as_is(oai, anthropic_fa
 
 def test_two_turn_tool_conversation_anthropic_client(anth, openai_fake):
     """Anthropic tool_result blocks become `tool` messages first, then the turn's other
-    content as one user message (§5, §12.12)."""
+    content as one user message."""
     req = vector_json("anthropic/request_multiturn_tool_results.json")
     req["model"] = GPT
     req["messages"][2]["content"].append({"type": "text", "text": "And now in words?"})
@@ -540,7 +540,7 @@ def test_stop_reason_to_finish_reason(oai, anthropic_fake, stop_reason, finish):
     ("content_filter", {"content": None}, "refusal"),
     ("tool_calls", {"tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{}"}}]},
      "tool_use"),
-    # compat upstreams (Ollama, Gemini) say "stop" while returning tool calls (§7, §12.15)
+    # compat upstreams (Ollama, Gemini) say "stop" while returning tool calls
     ("stop", {"tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{}"}}]},
      "tool_use"),
     (None, {"content": "hi"}, "end_turn"),
@@ -556,7 +556,7 @@ def test_openai_refusal_message_to_anthropic(anth, openai_fake):
     msg = anth.messages.create(model=GPT, max_tokens=10, messages=USER)
     assert [b.type for b in msg.content] == ["text"]
     assert msg.content[0].text == "I can't help with that."
-    assert msg.stop_reason == "refusal"  # §6: refusal -> text block + stop_reason "refusal"
+    assert msg.stop_reason == "refusal"  # refusal -> text block + stop_reason "refusal"
 
 
 # --- usage (non-stream) ------------------------------------------------------------------------
@@ -733,7 +733,7 @@ def test_builtin_rules_default_max_tokens(oai, anthropic_fake):
     assert _body(anthropic_fake)["metadata"] == {"user_id": "bob"}
 
 
-# --- tool names OpenAI would refuse (SPEC §12.18) -------------------------------------------
+# --- tool names OpenAI would refuse (docs/wire-formats.md, pitfall 18) ----------------------------
 
 LONG_TOOL = "mcp__github.create_pull_request_review_comment_on_a_specific_line_of_a_diff"  # 75 chars, a dot
 

@@ -1,9 +1,9 @@
-"""Issue 3, streaming: cross-dialect SSE translation through real sockets.
+"""Streaming: cross-dialect SSE translation through real sockets.
 
 OpenAI SDK streams from the Anthropic model and Anthropic SDK streams from
 OpenAI-compatible models, fed by the recorded transcripts in tests/vectors.
 Checked with the SDKs' own parsers/accumulators and, where framing matters,
-on the raw bytes (SPEC §1.3, §2.3, §9, §12, §13).
+on the raw bytes. Pitfall numbers refer to the list in docs/wire-formats.md.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def text_of(chunks):
 
 
 def check_anthropic_grammar(events):
-    """SPEC §2.3: message_start, (start/delta*/stop with index 0,1,2...)*, message_delta, message_stop, EOF."""
+    """The Anthropic stream grammar: message_start, (start/delta*/stop with index 0,1,2...)*, message_delta, message_stop, EOF."""
     types = [e["type"] for e in events]
     assert types[0] == "message_start"
     assert types[-2:] == ["message_delta", "message_stop"]
@@ -94,7 +94,7 @@ def test_openai_client_stream_text_from_anthropic(oai, anthropic_fake):
     assert text_of(chunks) == "Hello there!"
     assert finish_reasons(chunks) == ["stop"]
     assert chunks[-1].choices[0].finish_reason == "stop"
-    # no usage chunk unless asked for (§12.9): every chunk has a choice
+    # no usage chunk unless asked for (docs/wire-formats.md, pitfall 9): every chunk has a choice
     assert all(len(c.choices) == 1 and c.usage is None for c in chunks)
 
 
@@ -186,7 +186,7 @@ def test_openai_client_streamed_parallel_tool_calls_from_anthropic(oai, anthropi
     anthropic_fake.enqueue(sse=vector("anthropic/stream_parallel_tool_use.sse"))
     chunks = oai_stream(oai, tools=TOOLS_OAI)
     fragments = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or ())]
-    assert {f.index for f in fragments} == {0, 1}  # tool-call indexes, not block indexes 1, 2 (§12.1)
+    assert {f.index for f in fragments} == {0, 1}  # tool-call indexes, not block indexes 1, 2 (docs/wire-formats.md, pitfall 1)
     indexes = [f.index for f in fragments]
     assert indexes == sorted(indexes), "calls are emitted one after another"
     calls = {}
@@ -195,7 +195,7 @@ def test_openai_client_streamed_parallel_tool_calls_from_anthropic(oai, anthropi
             assert f.id and f.type == "function" and f.function.name, "first fragment carries id/type/name"
             calls[f.index] = {"id": f.id, "name": f.function.name, "args": f.function.arguments or ""}
         else:
-            assert f.id is None and f.type is None and f.function.name is None, "id/name only once (§12.3)"
+            assert f.id is None and f.type is None and f.function.name is None, "id/name only once (pitfall 3)"
             assert f.function is not None
             calls[f.index]["args"] += f.function.arguments or ""
     assert [(calls[i]["id"], calls[i]["name"]) for i in (0, 1)] == [
@@ -283,7 +283,7 @@ def test_anthropic_client_text_then_tool_stream(anth, openai_fake):
 
 
 def test_compat_whole_tool_calls_without_index(anth, ollama_fake):
-    """Ollama-style: each call whole in one chunk, no index, finish_reason "stop" (§9.2, §12.7, §14)."""
+    """Ollama-style: each call whole in one chunk, no index, finish_reason "stop"."""
     ollama_fake.enqueue(sse=oai_sse([
         oai_chunk({"role": "assistant", "content": ""}),
         oai_chunk({"tool_calls": [{"id": "call_a", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]}),
@@ -360,7 +360,7 @@ def test_stream_compat_stop_with_tool_calls_is_tool_use(anth, openai_fake):
 
 
 def test_stream_openai_refusal_to_anthropic(anth, openai_fake):
-    """A streamed OpenAI refusal becomes text and stop_reason "refusal" (§6, §7)."""
+    """A streamed OpenAI refusal becomes text and stop_reason "refusal"."""
     openai_fake.enqueue(sse=vector("openai/stream_refusal_with_usage.sse"))
     with anth.messages.stream(model=GPT, max_tokens=100, messages=USER) as stream:
         streamed = "".join(stream.text_stream)
@@ -383,7 +383,7 @@ def test_stream_usage_with_cache_tokens_anthropic_to_openai(oai, anthropic_fake)
 
 
 def test_stream_usage_message_delta_overwrites(oai, anthropic_fake):
-    """message_delta usage values are cumulative and replace message_start's (§2.3)."""
+    """message_delta usage values are cumulative and replace message_start's."""
     anthropic_fake.enqueue(sse=vector("anthropic/stream_parallel_tool_use.sse"))
     chunks = oai_stream(oai, tools=TOOLS_OAI, stream_options={"include_usage": True})
     u = chunks[-1].usage
@@ -418,7 +418,7 @@ def test_stream_thinking_to_reasoning_content(oai, anthropic_fake):
     reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
                         for c in chunks if c.choices)
     assert reasoning == thinking
-    assert not text_of(chunks)  # never glued into the answer text (§12.6)
+    assert not text_of(chunks)  # never glued into the answer text (docs/wire-formats.md, pitfall 6)
     assert "signature" not in json.dumps([c.model_dump() for c in chunks])
     fragments = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or ())]
     assert {f.index for f in fragments} == {0}
@@ -543,7 +543,7 @@ def test_truncated_openai_stream_is_an_error_for_anthropic_client(gateway, anth,
 
 def test_openai_stream_that_finished_but_omits_done_still_ends_cleanly(gateway, openai_fake):
     """finish_reason and usage arrived, only `[DONE]` is missing (some compat servers): a
-    complete answer, closed normally (§9.2 "[DONE] or EOF"); not a truncation."""
+    complete answer, closed normally ("[DONE] or EOF" both end a stream); not a truncation."""
     transcript = _cut_before(vector("openai/stream_text_with_usage.sse"), "data: [DONE]")
     openai_fake.enqueue(sse=transcript)
     events = raw_anth(gateway)

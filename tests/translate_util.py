@@ -1,4 +1,4 @@
-"""Helpers shared by the cross-dialect translation tests (issue 3).
+"""Helpers shared by the cross-dialect translation tests.
 
 Raw HTTP to the gateway (so the exact SSE frames can be checked, not only what
 the SDKs make of them) and small builders for Anthropic / OpenAI transcripts.

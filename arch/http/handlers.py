@@ -403,7 +403,7 @@ class _Exchange:
     """The response side of one upstream call: buffers a JSON answer or an
     error, or relays a stream to the client as it arrives. A stream is only
     committed (200 + event-stream) once the provider answered 2xx, so an
-    up-front failure still reaches the client as a plain HTTP error (§13)."""
+    up-front failure still reaches the client as a plain HTTP error."""
 
     def __init__(self, handler, client, provider, relay):
         self.handler, self.client, self.provider, self.relay = handler, client, provider, relay

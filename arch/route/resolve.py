@@ -117,7 +117,7 @@ def make_target(cfg, rule, model_id):
 
 class Routes:
     """Model name -> route: the targets to try in order. Name precedence
-    (DESIGN.md): alias, provider `name`, full `provider/model` string, bare
+    (README): alias, provider `name`, full `provider/model` string, bare
     model id; built by laying each level over the one below it."""
 
     def __init__(self, targets, aliases, unserved=()):

@@ -4,8 +4,8 @@ Plain JMESPath reshapes JSON well but cannot count, look up a key held in a
 variable, or regroup a conversation (OpenAI `tool` messages into Anthropic
 `tool_result` blocks). Those steps are small named functions here, registered
 once per rules file, so that the YAML still reads as the whole mapping.
-Each structural function is the single place its rule lives; SPEC.md section
-numbers say where the rule comes from.
+Each structural function is the single place its rule lives; docs/wire-formats.md says
+what each mapping must do.
 """
 import hashlib
 import json
@@ -44,7 +44,7 @@ def _parse_arguments(arguments):
     return value if isinstance(value, dict) else {}
 
 
-# --- OpenAI messages -> Anthropic (SPEC §4) --------------------------------------------
+# --- OpenAI messages -> Anthropic --------------------------------------------
 
 def _image_source(url):
     if url.startswith("data:"):
@@ -55,7 +55,7 @@ def _image_source(url):
 
 
 def _anthropic_blocks(content, where):
-    """User/assistant content (string or parts) as Anthropic blocks, never an empty text block (§12.11)."""
+    """User/assistant content (string or parts) as Anthropic blocks, never an empty text block (docs/wire-formats.md, pitfall 11)."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     blocks = []
@@ -80,7 +80,7 @@ def _is_system(message):
 
 
 def anthropic_system(messages):
-    """Every system and developer message, wherever it stands, one block each (§12.13)."""
+    """Every system and developer message, wherever it stands, one block each (docs/wire-formats.md, pitfall 13)."""
     if all(map(_is_system, messages)):
         return None  # a system-only request: anthropic_messages makes its text the user turn
     texts = [_text_of(m.get("content")) for m in messages if _is_system(m)]
@@ -118,21 +118,21 @@ def anthropic_messages(messages):
             if text:  # an empty text block would be a 400 upstream
                 result["content"] = text
             add("user", [result])
-    if not turns:  # system-only request: its text becomes the one user turn (§4)
+    if not turns:  # system-only request: its text becomes the one user turn
         text = "\n".join(_text_of(m.get("content")) for m in messages)
         return [{"role": "user", "content": text or "."}]
-    for turn in turns:  # tool_result blocks must open their user turn (§12.12)
+    for turn in turns:  # tool_result blocks must open their user turn (docs/wire-formats.md, pitfall 12)
         turn[1].sort(key=lambda b: b.get("type") != "tool_result")
     return [{"role": role, "content": plain if plain is not None else blocks} for role, blocks, plain in turns]
 
 
-# --- Anthropic messages -> OpenAI (SPEC §5) --------------------------------------------
+# --- Anthropic messages -> OpenAI --------------------------------------------
 
 _OPENAI_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 def openai_tool_name(name):
-    """A tool name OpenAI accepts (`^[a-zA-Z0-9_-]{1,64}$`, §12.18): others are made so,
+    """A tool name OpenAI accepts (`^[a-zA-Z0-9_-]{1,64}$`; docs/wire-formats.md, pitfall 18): others are made so,
     the same way every time, so that `original_tool_name` can find them again."""
     if name is None or _OPENAI_TOOL_NAME.match(name):
         return name
@@ -200,7 +200,7 @@ def openai_messages(system, messages):
             continue
         parts = []
         for b in blocks:
-            if b.get("type") == "tool_result":  # tool messages first, each its own (§12.12)
+            if b.get("type") == "tool_result":  # tool messages first, each its own (docs/wire-formats.md, pitfall 12)
                 inner = b.get("content")
                 text = _text_of(inner, "\n")
                 if isinstance(inner, list):  # images in a result move to the user message after it
@@ -216,7 +216,7 @@ def openai_messages(system, messages):
     return out
 
 
-# --- OpenAI response message -> Anthropic content (SPEC §6) -----------------------------
+# --- OpenAI response message -> Anthropic content -----------------------------
 
 def anthropic_content(message, tools=None):
     """An OpenAI answer's message as Anthropic blocks; `tools` (the client's) give tool names back."""

@@ -85,7 +85,7 @@ class StreamBroken(Exception):
 class Translate:
     """One request's run of a declared stream state machine (a `stream:` rules section).
 
-    All state lives here, per request: nothing is shared between streams (§12.14)."""
+    All state lives here, per request: nothing is shared between streams (docs/wire-formats.md, pitfall 14)."""
 
     def __init__(self, program, ctx, client, provider):
         self.program, self.client, self.provider = program, client, provider
