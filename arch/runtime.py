@@ -2,12 +2,14 @@
 rules, routes. Built whole at start-up and on reload, then swapped in one
 assignment, so a request holds the snapshot it started with to its end and a
 broken edit never replaces a working snapshot."""
+import os
 from dataclasses import dataclass
 
 from arch.config import Config, load_config
 from arch.errors import ConfigError
 from arch.route.resolve import Routes, make_target, provider_of
 from arch.rules.load import RuleSet, load_rules
+from arch.upstream.client import proxy_problems
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,8 @@ class Runtime:
 def build(config_path, rules_dirs=()):
     config = load_config(config_path)
     rules = load_rules([*config.rules_dirs, *rules_dirs])
-    targets, warnings, problems, unserved = [], list(config.warnings), list(config.problems), set()
+    targets, warnings, unserved = [], list(config.warnings), set()
+    problems = [*config.problems, *proxy_problems(os.environ)]
     for cfg in config.providers:
         rule, model_id = provider_of(cfg, rules.providers)
         if rule is None and cfg.interface:

@@ -701,14 +701,14 @@ def test_reload_under_load_drops_no_request(fakes):
         gw.config_path.write_text(text.replace("model_aliases:", "model_aliases:\n  new-alias:\n"
                                                                    "    target: gpt-4o-mini", 1))
         assert wait_for(lambda: post(gw.url, "/v1/chat/completions",
-                                     {"model": "new-alias", "messages": USER}).status == 200, 4)
+                                     {"model": "new-alias", "messages": USER}).status == 200, 20)
         gw.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.8)
+        after = len(counts)
+        assert wait_for(lambda: len(counts) >= after + 8, 60)  # the load goes on being answered after it
         stop.set()
         for t in threads:
             t.join(15)
         assert errors == []
-        assert len(counts) > 40, len(counts)
         assert gw.output().count("configuration reloaded") >= 3
     finally:
         gw.stop()

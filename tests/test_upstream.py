@@ -6,13 +6,17 @@ plays the NAT or load balancer that forgets an idle connection without a word
 (`blackhole_after`) or closes connections as a request arrives (`poison`); as
 an HTTP proxy it records what the gateway asked of it.
 """
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import openai
 import pytest
+import yaml
 
-from conftest import GATEWAY_ENV, openai_client, start_gateway
+from conftest import GATEWAY_ENV, ROOT, openai_client, start_gateway
 from fakes import FakeProxy
 
 USER = [{"role": "user", "content": "Hi"}]
@@ -140,3 +144,15 @@ def test_a_rule_may_forward_the_clients_user_agent(tmp_path, openai_fake):
         assert openai_fake.last["headers"]["user-agent"].startswith("OpenAI/Python")
     finally:
         gw.stop()
+
+
+def test_a_proxy_that_is_not_plain_http_is_refused_at_start(tmp_path, openai_fake):
+    path = tmp_path / "arch_config.yaml"
+    path.write_text(yaml.safe_dump(config(openai_fake.url)))
+    env = {**os.environ, **GATEWAY_ENV, "HTTPS_PROXY": "socks5://me:s3cret@127.0.0.1:1080"}
+    result = subprocess.run([sys.executable, "-m", "arch", "validate", str(path)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in out
+    assert "HTTPS_PROXY=socks5://127.0.0.1:1080: only http:// proxies are supported" in out
+    assert "s3cret" not in out

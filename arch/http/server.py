@@ -70,6 +70,7 @@ class Gateway:
 
     def reload(self):
         """Swap in a freshly built Runtime; on any problem keep the old one."""
+        seen = self._fingerprint()  # before reading: an edit made while building is seen by the next check
         try:
             runtime = build(self.config_path, self.rules_dirs)
         except ConfigError as e:
@@ -84,7 +85,7 @@ class Gateway:
         self.pool.keepalive = runtime.config.keepalive_seconds
         tracer.configure(runtime.config.tracing)
         report.open_access_log(runtime.config.access_log_file)
-        self._seen = self._fingerprint()
+        self._seen = seen
         report.RELOADS.labels("success").inc()
         for w in runtime.warnings:
             log.warning("%s", w)

@@ -197,12 +197,15 @@ class Pool:
         self.per_host = per_host
         self.keepalive = keepalive
         self.proxies = getproxies_environment()  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY, read once
+        self._proxy_for = {}
 
     def proxy_for(self, scheme, host):
-        """The proxy URL for a provider host (None: direct), from the environment."""
-        if scheme not in self.proxies or proxy_bypass_environment(host, self.proxies):
-            return None
-        return self.proxies[scheme]
+        """The proxy URL for a provider host (None: direct), from the environment; worked out once per host."""
+        key = (scheme, host)
+        if key not in self._proxy_for:
+            bypass = scheme not in self.proxies or proxy_bypass_environment(host, self.proxies)
+            self._proxy_for[key] = None if bypass else self.proxies[scheme]
+        return self._proxy_for[key]
 
     async def _connect(self, scheme, host, port, timeout, fresh=False):
         idle = self.idle.get((scheme, host, port))
@@ -283,18 +286,29 @@ async def _open(scheme, host, port, proxy):
     if p.username:
         token = base64.b64encode(f"{unquote(p.username)}:{unquote(p.password or '')}".encode()).decode()
         auth = f"Proxy-Authorization: Basic {token}\r\n"
-    transport.write(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode())
     try:
+        transport.write(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode())
         status = await tunnel.answer
-    except OSError:
+        if status.split(" ")[1:2] != ["200"]:
+            raise OSError(f"the proxy refused CONNECT: {status[:200]}")
+        conn = _Connection()
+        conn.connection_made(await loop.start_tls(transport, conn, tls, server_hostname=host))
+        return conn
+    except BaseException:  # refused, failed, or timed out (cancelled): the socket goes too
         transport.abort()
         raise
-    if status.split(" ")[1:2] != ["200"]:
-        transport.abort()
-        raise OSError(f"the proxy refused CONNECT: {status[:200]}")
-    conn = _Connection()
-    conn.connection_made(await loop.start_tls(transport, conn, tls, server_hostname=host))
-    return conn
+
+
+def proxy_problems(environ):
+    """Proxy settings this client cannot honour, as start-up problems (it speaks
+    plain-HTTP proxies only: CONNECT for https providers, absolute-form for http)."""
+    problems = []
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        value = environ.get(name)
+        if value and urlsplit(value).scheme != "http":
+            shown = urlsplit(value)._replace(netloc=urlsplit(value).netloc.rpartition("@")[2]).geturl()
+            problems.append(f"environment: {name}={shown}: only http:// proxies are supported")
+    return problems
 
 
 class _Tunnel(asyncio.Protocol):
