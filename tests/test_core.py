@@ -715,18 +715,18 @@ def test_openai_without_messages(oai, openai_fake):
     assert openai_fake.requests == []
 
 
-def test_openai_wrong_role(oai, openai_fake):
+def test_openai_role_of_the_wrong_type(oai, openai_fake):
     with pytest.raises(openai.BadRequestError) as info:
-        oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "robot", "content": "hi"}])
+        oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": 7, "content": "hi"}])
     assert info.value.param == "messages[0].role"
     assert "messages[0].role" in info.value.message
     assert openai_fake.requests == []
 
 
-def test_anthropic_wrong_role(anth, anthropic_fake):
+def test_anthropic_role_of_the_wrong_type(anth, anthropic_fake):
     with pytest.raises(anthropic.BadRequestError) as info:
         anth.messages.create(model=CLAUDE, max_tokens=10,
-                             messages=[{"role": "user", "content": "a"}, {"role": "robot", "content": "hi"}])
+                             messages=[{"role": "user", "content": "a"}, {"role": None, "content": "hi"}])
     assert "messages[1].role" in info.value.body["error"]["message"]
     assert anthropic_fake.requests == []
 

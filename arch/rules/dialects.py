@@ -191,6 +191,9 @@ class Translation:
     def __init__(self, spec, where):
         interpreter = rule_interpreter(spec)
         self.client, self.provider = spec["client"], spec["provider"]
+        derive = spec.get("derive") or {}
+        self._derive = {part: [(name, compile_expr(text, interpreter, f"{where}: derive.{part}.{name}"))
+                               for name, text in (derive.get(part) or {}).items()] for part in ("request", "response")}
         self.rejects = [(compile_expr(r["when"], interpreter, f"{where}: reject[{n}].when"), r["message"], r.get("param"))
                         for n, r in enumerate(spec.get("reject") or ())]
         self._request = compile_mapping(spec["request"], interpreter, f"{where}: request")
@@ -200,11 +203,11 @@ class Translation:
     def request(self, body, facts=None):
         """The provider's request; expressions also see the target model's facts
         (rules/models.yaml) as `_model`."""
-        root = {**body, "_model": facts.view if facts is not None else {}}
-        for when, message, param in self.rejects:
-            if truthy(when(root)):
-                raise GatewayError(400, message, param)
         try:
+            root = self._derived("request", {**body, "_model": facts.view if facts is not None else {}})
+            for when, message, param in self.rejects:
+                if truthy(when(root)):
+                    raise GatewayError(400, message, param)
             return self._request(root)
         except (TypeError, AttributeError, KeyError, ValueError, JMESPathError) as e:
             # a shape the schema let through but the mapping cannot read: the request's fault
@@ -214,4 +217,11 @@ class Translation:
     def response(self, body, request, facts=None):
         """The client's answer; expressions also see the client's request as `_request`
         and the model's facts as `_model`."""
-        return self._response({**body, "_request": request, "_model": facts.view if facts is not None else {}})
+        root = {**body, "_request": request, "_model": facts.view if facts is not None else {}}
+        return self._response(self._derived("response", root))
+
+    def _derived(self, part, root):
+        """`root` with the `derive.<part>` values added, each seeing those before it."""
+        for name, fn in self._derive[part]:
+            root[name] = fn(root)
+        return root

@@ -102,6 +102,11 @@ def anthropic_messages(messages):
         content = m.get("content")
         if _is_system(m):
             continue
+        if role not in ("user", "assistant", "tool"):
+            raise GatewayError(400, f"{where}.role: '{role}' cannot be sent to an Anthropic model", f"{where}.role")
+        if m.get("function_call"):  # the deprecated form of tool_calls
+            raise GatewayError(400, f"{where}.function_call cannot be sent to an Anthropic model: use tool_calls",
+                               f"{where}.function_call")
         if role == "user":
             add("user", _anthropic_blocks(content, where), content if isinstance(content, str) and content else None)
         elif role == "assistant":
@@ -149,11 +154,17 @@ def original_tool_name(name, tools):
             return tool.get("name")
     return name
 
-def _openai_part(block):
-    kind = block.get("type")
+# Replayed reasoning: OpenAI-compatible models take none back, and their answer does not depend on it.
+_DROPPED_BLOCKS = ("thinking", "redacted_thinking")
+
+
+def _openai_part(block, where):
+    """One Anthropic block as an OpenAI content part; None for a block dropped on purpose,
+    a 400 naming any other block type the OpenAI side has no place for."""
+    kind = block.get("type") if isinstance(block, dict) else None
     if kind == "text":
         if not isinstance(block.get("text"), str):
-            raise GatewayError(400, "a text block needs its text, a string")
+            raise GatewayError(400, "a text block needs its text, a string", where)
         return {"type": "text", "text": block["text"]}
     if kind in ("image", "document"):
         src = block.get("source") or {}
@@ -164,11 +175,13 @@ def _openai_part(block):
         elif src.get("type") == "text":
             return {"type": "text", "text": src.get("data", "")}
         else:
-            raise GatewayError(400, f"{kind} source type '{src.get('type')}' cannot be sent to an OpenAI-compatible model")
+            raise GatewayError(400, f"{where}: {kind} source type '{src.get('type')}' cannot be sent to an OpenAI-compatible model", where)
         if kind == "image":
             return {"type": "image_url", "image_url": {"url": url}}
         return {"type": "file", "file": {"filename": block.get("title") or "document.pdf", "file_data": url}}
-    return None  # thinking, redacted_thinking, tool_use in a user turn: no counterpart
+    if kind in _DROPPED_BLOCKS:
+        return None
+    raise GatewayError(400, f"{where}: content block type '{kind}' cannot be sent to an OpenAI-compatible model", where)
 
 
 def _openai_content(parts):
@@ -182,33 +195,43 @@ def openai_messages(system, messages):
     out = []
     if system:
         out.append({"role": "system", "content": _text_of(system, "\n")})
-    for m in messages:
-        role, content = m.get("role"), m.get("content")
+    for n, m in enumerate(messages):
+        role, content, where = m.get("role"), m.get("content"), f"messages[{n}]"
+        if role not in ("user", "assistant", "system"):  # system: in place, as Claude Code sends it mid-conversation
+            raise GatewayError(400, f"{where}.role: '{role}' cannot be sent to an OpenAI-compatible model", f"{where}.role")
         if isinstance(content, str):
             out.append({"role": role, "content": content})
             continue
         blocks = content or []
         if role == "assistant":
-            text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
-            calls = [{"id": b.get("id"), "type": "function",
-                      "function": {"name": openai_tool_name(b.get("name")), "arguments": to_json(b.get("input") or {})}}
-                     for b in blocks if b.get("type") == "tool_use"]
-            msg = {"role": "assistant", "content": text or None}
+            text, calls = [], []
+            for k, b in enumerate(blocks):
+                kind = b.get("type")
+                if kind == "text":
+                    text.append(b.get("text") or "")
+                elif kind == "tool_use":
+                    calls.append({"id": b.get("id"), "type": "function", "function": {
+                        "name": openai_tool_name(b.get("name")), "arguments": to_json(b.get("input") or {})}})
+                elif kind not in _DROPPED_BLOCKS:
+                    here = f"{where}.content[{k}]"
+                    raise GatewayError(400, f"{here}: content block type '{kind}' cannot be sent to an OpenAI-compatible model", here)
+            msg = {"role": "assistant", "content": "".join(text) or None}
             if calls:
                 msg["tool_calls"] = calls
             out.append(msg)
             continue
         parts = []
-        for b in blocks:
+        for k, b in enumerate(blocks):
+            here = f"{where}.content[{k}]"
             if b.get("type") == "tool_result":  # tool messages first, each its own (docs/wire-formats.md, pitfall 12)
                 inner = b.get("content")
                 text = _text_of(inner, "\n")
                 if isinstance(inner, list):  # images in a result move to the user message after it
-                    parts.extend(p for p in map(_openai_part, inner) if p and p["type"] != "text")
+                    parts.extend(p for p in (_openai_part(x, here) for x in inner) if p and p["type"] != "text")
                 out.append({"role": "tool", "tool_call_id": b.get("tool_use_id"),
                             "content": f"Error: {text}" if b.get("is_error") else text})
             else:
-                part = _openai_part(b)
+                part = _openai_part(b, here)
                 if part:
                     parts.append(part)
         if parts:
