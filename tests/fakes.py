@@ -140,6 +140,7 @@ class Reply:
     delay: float = 0.0
     close_after: int | None = None
     hang: bool = False
+    linger: bool = False
 
 
 class FakeProvider:
@@ -219,7 +220,7 @@ class FakeProvider:
 
     # -- scripting ---------------------------------------------------------------
     def enqueue(self, status=200, body=None, *, json=None, sse=None, content_type=None, headers=None,
-                delay=0.0, chunks=None, close_after=None, hang=False):
+                delay=0.0, chunks=None, close_after=None, hang=False, linger=False):
         """Script the next response (FIFO, served whatever the path).
 
         Exactly one of: `body` (str/bytes sent with content-length, default
@@ -230,6 +231,9 @@ class FakeProvider:
         events/chunks, or before answering a content-length body. `close_after=N`:
         close the socket once N body bytes were sent (no terminating chunk).
         `hang=True`: never answer (until the client hangs up or stop()).
+        `linger=True`: send the whole stream, then neither end the body nor close the
+        connection (until the client hangs up or stop()), as some servers do after their
+        last event.
         Content-type defaults to the dialect's SSE type for `sse`/`chunks`, else
         application/json. `headers` are added to (and may override) the defaults,
         which include the dialect's request-id header (`req_<n>`, n = request number).
@@ -247,7 +251,7 @@ class FakeProvider:
         default_type = self.sse_content_type if pieces is not None else "application/json"
         reply = Reply(status, body or b"", pieces,
                       {"content-type": content_type or default_type, **(headers or {})},
-                      delay, close_after, hang)
+                      delay, close_after, hang, linger)
         with self._lock:
             self._queue.append(reply)
 
@@ -333,6 +337,10 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
                 sent += len(piece)
+            if reply.linger:
+                if self._hang(fake):
+                    fake._client_gone(n)
+                return
             self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 

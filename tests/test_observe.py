@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import GATEWAY_ENV, ROOT, anthropic_client, gateway_config, openai_client, start_gateway
 from fakes import token_count
+from translate_util import anth_text_stream, oai_text_stream
 
 PRICES = yaml.safe_load((ROOT / "rules" / "prices.yaml").read_text())
 CLAUDE = "claude-3-5-sonnet-20241022"
@@ -900,3 +901,23 @@ def test_metrics_are_summed_over_workers(openai_fake, anthropic_fake, ollama_fak
         assert not re.search(r"exited|Traceback", gw2.output()), gw2.output()[-3000:]
     finally:
         gw2.stop()
+
+
+# -- streams the rules end ----------------------------------------------------------------
+
+@pytest.mark.parametrize("model", [CLAUDE, "gpt-4o-mini"])
+def test_a_stream_the_rules_end_is_a_200_even_if_the_provider_lingers(gw, oai, anthropic_fake, openai_fake, model):
+    """The provider keeps its connection open after its last event; the openai SDK hangs
+    up right after [DONE]. The client's response was complete: logged and counted as 200,
+    and the provider's connection is closed, not left open."""
+    fake = anthropic_fake if model == CLAUDE else openai_fake
+    fake.enqueue(sse=anth_text_stream(["Hello", " there"]) if model == CLAUDE else oai_text_stream(["Hello", " there"]),
+                 linger=True)
+    before = scrape(gw)
+    mine = rid("linger")
+    stream = oai.chat.completions.create(model=model, messages=msgs(), stream=True, extra_headers=hdr(mine))
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Hello there"
+    line = gw.access.one(mine)
+    assert line["status"] == 200 and line["error"] is None
+    assert delta(before, scrape(gw), "arch_requests_total", ("model", "status")) == {(model, "200"): 1}
+    wait_until(lambda: fake.disconnects, what="the lingering provider connection closed")

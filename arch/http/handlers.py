@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 
+from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from arch.observe import report
@@ -29,6 +30,9 @@ log = logging.getLogger("arch")
 _KEYLIKE = re.compile(rb"\b(sk|key|api[-_]?key)[-_][A-Za-z0-9_*.\-]{6,}", re.I)
 _RETRY_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504, 529}
+# After the rules ended a stream, how long the rest of the provider's response (its last
+# chunk) may take before its connection is closed rather than kept for reuse.
+UPSTREAM_TAIL = 2.0
 # A lone surrogate ("\ud83d" in the JSON text, half an emoji) has no UTF-8 form: write it back as that escape.
 _ESCAPE = "backslashreplace"
 MAX_LOGGED_MODEL = 200  # characters of a requested model name kept in the log and metrics
@@ -152,6 +156,7 @@ class Chat(Base):
     call = None
     exchange = None
     client_gone = False
+    _tail = None  # timer closing an upstream response that lingers after the stream ended
 
     def prepare(self):
         super().prepare()
@@ -340,6 +345,8 @@ class Chat(Base):
         try:
             await self.gateway.pool.send(self.call, "POST", url, headers, data, target.policy.timeouts)
         except UpstreamError as e:
+            if e.kind == "ended":  # the client's stream was already complete
+                return not self.client_gone
             report.UPSTREAM_ERRORS.labels(target.provider, target.model, e.kind).inc()
             if exchange.committed and not self.client_gone:
                 exchange.fail(str(e))
@@ -350,8 +357,19 @@ class Chat(Base):
             error.fallback = True
             raise error from None
         finally:
+            if self._tail is not None:
+                IOLoop.current().remove_timeout(self._tail)
+                self._tail = None
             report.UPSTREAM.labels(target.provider, target.model).observe(time.perf_counter() - started)
         return not self.client_gone
+
+    def stream_ended(self):
+        """The rules ended the stream: the client's response is finished now (a 200, even
+        if the client hangs up next), and the provider's connection is kept if the rest
+        of its response follows soon, else closed."""
+        if self._tail is None and self.call is not None:
+            self._tail = IOLoop.current().call_later(
+                UPSTREAM_TAIL, self.call.cancel, UpstreamError("ended", "the stream had ended"))
 
     def _upstream_error(self, client, provider, exchange):
         """A provider's error as a GatewayError: its status and retry hints kept,
@@ -431,6 +449,10 @@ class _Exchange:
         except StreamBroken as e:
             self.fail(str(e))
             self.handler.call.cancel(UpstreamError("closed", str(e)))
+            return
+        if self.relay.ended:
+            self._close()
+            self.handler.stream_ended()
 
     def _write(self, data):
         h = self.handler
