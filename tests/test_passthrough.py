@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from fakes import vector_json
-from translate_util import CLAUDE, GPT, USER, raw_post
+from translate_util import CLAUDE, GPT, USER, anth_text_stream, raw_post
 
 # Claude Code 2.1 sends its agent list as a system message inside `messages`, with this beta.
 MID_SYSTEM_BETA = "mid-conversation-system-2026-04-07"
@@ -115,3 +115,10 @@ def test_wrong_types_for_fields_the_rules_read_are_still_a_400(gateway, anthropi
     status, _, raw = raw_post(gateway, path, body)
     assert status == 400 and param.encode() in raw
     assert anthropic_fake.requests == [] and openai_fake.requests == []
+
+
+def test_an_end_marker_inside_the_text_does_not_end_a_passed_through_stream(anth, anthropic_fake):
+    pieces = ["event: message_stop", " and data: [DONE]", " are just words here"]
+    anthropic_fake.enqueue(sse=anth_text_stream(pieces))
+    with anth.messages.stream(model=CLAUDE, max_tokens=50, messages=USER) as stream:
+        assert stream.get_final_text() == "".join(pieces)

@@ -51,18 +51,20 @@ def gw(openai_fake, anthropic_fake, ollama_fake):
     gw.stop()
 
 
-@pytest.fixture
-def oai(gw, openai_fake, anthropic_fake):
+@pytest.fixture(autouse=True)
+def providers_answer_as_asked(openai_fake, anthropic_fake):
     openai_fake.script(answers_as_asked)
     anthropic_fake.script(answers_as_asked)
+
+
+@pytest.fixture
+def oai(gw):
     with openai_client(gw) as client:
         yield client
 
 
 @pytest.fixture
-def anth(gw, openai_fake, anthropic_fake):
-    openai_fake.script(answers_as_asked)
-    anthropic_fake.script(answers_as_asked)
+def anth(gw):
     with anthropic_client(gw) as client:
         yield client
 

@@ -164,7 +164,7 @@ def _openai_part(block, where):
     kind = block.get("type") if isinstance(block, dict) else None
     if kind == "text":
         if not isinstance(block.get("text"), str):
-            raise GatewayError(400, "a text block needs its text, a string", where)
+            raise GatewayError(400, f"{where}: a text block needs its text, a string", where)
         return {"type": "text", "text": block["text"]}
     if kind in ("image", "document"):
         src = block.get("source") or {}

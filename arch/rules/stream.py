@@ -207,8 +207,8 @@ class Passthrough:
                         self.usage = {**(self.usage or {}), **usage}
             kept.append((name, data))
         if not self.ended:  # a marker opens a line: inside an event's JSON it is only text
-            lines = b"\n" + whole.replace(b"\r", b"\n")
-            self.ended = any(b"\n" + m in lines for m in self.dialect.end_markers)
+            self.ended = any(whole.startswith(m) or b"\n" + m in whole or b"\r" + m in whole
+                             for m in self.dialect.end_markers)
         if dropped or self.parser.skipped != skipped:  # some blocks stay here: frame what is left anew
             return b"".join(self.dialect.frame_raw(n, d) for n, d in kept)
         return whole
