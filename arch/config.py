@@ -65,6 +65,7 @@ class Config:
     providers: list
     aliases: dict                     # alias -> (target, *fallbacks)
     rules_dirs: list = field(default_factory=list)
+    state: dict = field(default_factory=dict)   # {responses: {max_entries, max_bytes, ttl}}
     warnings: list = field(default_factory=list)
     problems: list = field(default_factory=list)  # broken entries left out; build() reports them with the rest
 
@@ -177,6 +178,7 @@ def load_config(path):
                   tracing=raw.get("tracing"), access_log_file=access.get("file") and str(path.parent / access["file"]), log_content=bool(access.get("content")),
                   providers=providers, aliases=aliases,
                   rules_dirs=[str((path.parent / d).resolve()) for d in raw.get("rules") or ()], warnings=warnings,
+                  state=_state(raw.get("state") or {}),
                   problems=problems)
 
 
@@ -190,3 +192,16 @@ def _listener(listeners, warnings, where):
         if item.get("type", "model") != "model":
             warnings.append(f"{where}: listeners[{n}]: {item.get('type')} listeners are not supported yet (ignored)")
     return next((item for item in listeners if item.get("type", "model") == "model"), {})
+
+
+def _state(spec):
+    """`state:` with sizes and durations as numbers."""
+    out = dict(spec)
+    if "responses" in out:
+        stored = dict(out["responses"])
+        if "max_bytes" in stored:
+            stored["max_bytes"] = parse_size(stored["max_bytes"])
+        if "ttl" in stored:
+            stored["ttl"] = parse_duration(stored["ttl"])
+        out["responses"] = stored
+    return out

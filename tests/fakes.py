@@ -97,6 +97,14 @@ def tool_result(body) -> str | None:
     (OpenAI `tool` messages, Anthropic `tool_result` blocks in the last user message),
     or None when the conversation does not end with one."""
     messages = body.get("messages") or [] if isinstance(body, dict) else []
+    items = body.get("input") if isinstance(body, dict) and isinstance(body.get("input"), list) else []
+    outputs = []
+    for item in reversed(items):  # Responses: function_call_output items at the end
+        if not isinstance(item, dict) or item.get("type") not in ("function_call_output", "custom_tool_call_output"):
+            break
+        outputs.insert(0, _text_of(item.get("output")))
+    if outputs:
+        return "\n".join(outputs)
     texts = []
     for m in reversed(messages):  # OpenAI: one `tool` message per call, at the end
         if m.get("role") != "tool":
@@ -412,8 +420,65 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
 
+def responses_events(response: dict, pieces: int = 3) -> list[dict]:
+    """The stream OpenAI's /v1/responses sends for a finished `response`, event by event:
+    response.created, response.in_progress, for each output item output_item.added, its
+    parts and deltas (text and arguments split into `pieces`), its .done events and
+    output_item.done, then response.completed (or .incomplete). Numbered from 0."""
+    def split(text):
+        size = max(1, -(-len(text) // pieces))
+        return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+
+    start = {**response, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
+    events = [{"type": "response.created", "response": start}, {"type": "response.in_progress", "response": start}]
+    for n, item in enumerate(response["output"]):
+        where = {"item_id": item["id"], "output_index": n}
+        kind = item["type"]
+        if kind == "message":
+            events.append({"type": "response.output_item.added", "output_index": n,
+                           "item": {**item, "status": "in_progress", "content": []}})
+            for c, part in enumerate(item["content"]):
+                events.append({"type": "response.content_part.added", **where, "content_index": c,
+                               "part": {**part, "text": ""}})
+                events += [{"type": "response.output_text.delta", **where, "content_index": c, "delta": d,
+                            "logprobs": []} for d in split(part["text"])]
+                events.append({"type": "response.output_text.done", **where, "content_index": c,
+                               "text": part["text"], "logprobs": []})
+                events.append({"type": "response.content_part.done", **where, "content_index": c, "part": part})
+        elif kind == "function_call":
+            events.append({"type": "response.output_item.added", "output_index": n,
+                           "item": {**item, "status": "in_progress", "arguments": ""}})
+            events += [{"type": "response.function_call_arguments.delta", **where, "delta": d}
+                       for d in split(item["arguments"])]
+            events.append({"type": "response.function_call_arguments.done", **where, "name": item["name"],
+                           "arguments": item["arguments"]})
+        elif kind == "reasoning":
+            events.append({"type": "response.output_item.added", "output_index": n, "item": {**item, "summary": []}})
+            for k, part in enumerate(item["summary"]):
+                events.append({"type": "response.reasoning_summary_part.added", **where, "summary_index": k,
+                               "part": {"type": "summary_text", "text": ""}})
+                events += [{"type": "response.reasoning_summary_text.delta", **where, "summary_index": k, "delta": d}
+                           for d in split(part["text"])]
+                events.append({"type": "response.reasoning_summary_text.done", **where, "summary_index": k,
+                               "text": part["text"]})
+                events.append({"type": "response.reasoning_summary_part.done", **where, "summary_index": k,
+                               "part": part})
+        else:
+            events.append({"type": "response.output_item.added", "output_index": n, "item": item})
+        events.append({"type": "response.output_item.done", "output_index": n, "item": item})
+    final = "response.incomplete" if response.get("status") == "incomplete" else "response.completed"
+    events.append({"type": final, "response": response})
+    return [{**e, "sequence_number": n} for n, e in enumerate(events)]
+
+
+def named_sse(events: list[dict]) -> list[bytes]:
+    """SSE frames `event: <type>` + `data: <json>` (Anthropic and Responses streams)."""
+    return [b"event: %s\ndata: %s\n\n" % (e["type"].encode(), _dumps(e)) for e in events]
+
+
 class FakeOpenAI(FakeProvider):
-    """OpenAI-compatible server (also stands in for Ollama's /v1)."""
+    """OpenAI-compatible server (also stands in for Ollama's /v1), with OpenAI's own
+    /v1/responses (answers made the way `responses_events` streams them)."""
 
     def __init__(self, models=("gpt-4o-mini", "gpt-4o")):
         super().__init__()
@@ -434,7 +499,36 @@ class FakeOpenAI(FakeProvider):
             if "model" not in body or "messages" not in body:
                 return self.error(400, "invalid_request_error", "Missing required parameter: 'model' or 'messages'.", n)
             return self._chat(req, n)
+        if req["method"] == "POST" and req["path"].endswith("/responses"):
+            body = req["body"]
+            if not isinstance(body, dict) or "model" not in body:
+                return self.error(400, "invalid_request_error", "Missing required parameter: 'model'.", n)
+            if not isinstance(body.get("input", ""), (str, list)):
+                return self.json_reply(vector_json("openai_responses/error_400_invalid_input.json"), 400)
+            if body.get("previous_response_id"):
+                return self.json_reply(vector_json("openai_responses/error_400_previous_response_not_found.json"), 400)
+            return self._responses(req, n)
         return super().default_reply(req, n)
+
+    def _responses(self, req, n):
+        body, turn = req["body"], self.turn(req)
+        input_tokens, text = token_count(req["raw"]), "".join(turn.pieces)
+        output = [{"id": f"msg_fake{n}", "type": "message", "status": "completed", "role": "assistant",
+                   "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}] if text else []
+        output += [{"id": f"fc_fake{n}_{i}", "type": "function_call", "status": "completed", "call_id": f"call_{n}_{i}",
+                    "name": name, "arguments": json.dumps(args)} for i, (name, args) in enumerate(turn.tool_calls)]
+        output_tokens = len(turn.pieces) + len(turn.tool_calls)
+        response = {**vector_json("openai_responses/response_text.json"), "id": f"resp_fake{n}",
+                    "created_at": int(time.time()), "model": body["model"], "output": output,
+                    "instructions": body.get("instructions"), "store": body.get("store", True),
+                    "previous_response_id": None, "tools": body.get("tools") or [],
+                    "usage": {"input_tokens": input_tokens,
+                              "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                              "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                              "total_tokens": input_tokens + output_tokens}}
+        if not body.get("stream"):
+            return self.json_reply(response)
+        return self.sse_reply(named_sse(responses_events(response)))
 
     def _chat(self, req, n):
         body, turn = req["body"], self.turn(req)
@@ -538,7 +632,7 @@ class FakeAnthropic(FakeProvider):
         events += [{"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
                     "usage": {"output_tokens": output_tokens}},
                    {"type": "message_stop"}]
-        return self.sse_reply([b"event: %s\ndata: %s\n\n" % (e["type"].encode(), _dumps(e)) for e in events])
+        return self.sse_reply(named_sse(events))
 
 
 class FakeProxy:

@@ -157,6 +157,7 @@ class Chat(Base):
     exchange = None
     client_gone = False
     _tail = None  # timer closing an upstream response that lingers after the stream ended
+    keeps_answers = False  # a handler that stores answers (Responses) defines `keep`
 
     def prepare(self):
         super().prepare()
@@ -230,8 +231,13 @@ class Chat(Base):
             ctype = self.request.headers.get("Content-Type", "none")
             raise GatewayError(400, f"the request body is not valid JSON ({e}; content-type: {ctype})") from None
 
-    def _upstream_request(self, client, body, target):
-        """(bytes to send, Translation or None, whether usage was asked for the client)."""
+    def _endpoint(self, target):
+        """(URL, dialect) of the provider endpoint this handler's requests go to."""
+        return target.url, target.dialect
+
+    def _upstream_request(self, client, body, target, pristine=True):
+        """(bytes to send, Translation or None, whether usage was asked for the client).
+        `pristine`: `body` is still what the client sent."""
         if target.missing_key:
             error = GatewayError(500, f"the gateway has no API key for '{target.name}': environment variable "
                                       f"{target.missing_key} is not set")
@@ -240,11 +246,11 @@ class Chat(Base):
         rules = self.runtime.rules
         facts = rules.models.get(target.model)
         if facts is not None:
-            facts.admit(client.needs(body), target.model)
-        translation = rules.translation(client.name, target.dialect)
+            facts.admit(client.needs(body), target.model, self._endpoint(target)[1])
+        translation = rules.translation(client.name, self._endpoint(target)[1])
         ask_usage = translation is None and client.needs_usage_request(body)
         over = facts is not None and facts.max_output_tokens and client.output_over(body, facts.max_output_tokens)
-        if translation is None and not ask_usage and not over and body["model"] == target.model:
+        if translation is None and not ask_usage and not over and pristine and body["model"] == target.model:
             return self.request.body, None, False  # fast path: the client's bytes go out untouched
         out = translation.request(body, facts) if translation else dict(body)
         out["model"] = target.model
@@ -300,7 +306,8 @@ class Chat(Base):
     async def _attempt(self, client, body, target):
         self.record["provider"], self.record["model"] = target.provider, target.model
         data, translation, ask_usage = self._upstream_request(client, body, target)
-        provider = self.runtime.rules.dialects[target.dialect]
+        url, dialect = self._endpoint(target)
+        provider = self.runtime.rules.dialects[dialect]
         relay = None
         facts = translation and self.runtime.rules.models.get(target.model)
         if body.get("stream") is True:
@@ -309,10 +316,12 @@ class Chat(Base):
                      if translation else Passthrough(client, strip=ask_usage))
         self.exchange = exchange = _Exchange(self, client, provider, relay)
         self.set_header("x-arch-upstream-model", target.model)
-        if not await self._send(target, target.url, data, exchange):
+        if not await self._send(target, url, data, exchange):
             return
         if exchange.committed:
-            exchange.end()
+            if exchange.end() and self.keeps_answers and relay.result is not None:
+                await self.keep(relay.result, body, target)
+            exchange.close()
         elif 200 <= self.call.status < 300:
             raw = b"".join(exchange.buffer)
             if translation:
@@ -321,10 +330,12 @@ class Chat(Base):
                 except ValueError:
                     raise GatewayError(502, f"provider for '{target.name}' sent a response that is not JSON") from None
                 self.record["usage"] = client.usage(out.get("usage"))
-                self.send_json(200, out)
             else:
+                out = raw
                 self.record["usage"] = client.usage(find_usage(raw))
-                self.send_json(200, raw)
+            if self.keeps_answers:
+                await self.keep(out, body, target)
+            self.send_json(200, out)
         else:
             raise self._upstream_error(client, provider, exchange)
 
@@ -463,16 +474,18 @@ class _Exchange:
             h.flush()
 
     def end(self):
-        """The provider finished: close the stream, or report that it stopped early."""
+        """The provider finished: write what is left (True), or report that it stopped early."""
         try:
             self._write(self.relay.finish())
         except StreamBroken as e:
-            return self.fail(str(e))
+            self.fail(str(e))
+            return False
         if not self.relay.ended:
-            return self.fail("the provider closed the stream before it was complete")
-        self._close()
+            self.fail("the provider closed the stream before it was complete")
+            return False
+        return True
 
-    def _close(self):
+    def close(self):
         h = self.handler
         if not h._finished and not h.client_gone:
             h.finish()
@@ -484,6 +497,5 @@ class _Exchange:
             return
         log.warning("stream %s: %s", h.request_id, message)
         h.record["error"] = message
-        _, body = self.client.render_error(502, message, None, h.request_id)
-        self._write(self.client.frame(body))
-        self._close()
+        self._write(self.relay.failure(message, h.request_id))
+        self.close()

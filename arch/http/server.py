@@ -12,11 +12,12 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from arch.errors import ConfigError
-from arch.http import handlers
+from arch.http import handlers, responses
 from arch.observe import report
 from arch.observe.tracing import tracer
 from arch.rules.load import BUILTIN
 from arch.runtime import build
+from arch.state.responses import make_store
 from arch.upstream.client import Pool
 
 log = logging.getLogger("arch")
@@ -40,6 +41,7 @@ class Gateway:
         tracer.configure(self.runtime.config.tracing)
         report.open_access_log(self.runtime.config.access_log_file)
         self.pool = Pool(keepalive=self.runtime.config.keepalive_seconds)
+        self.responses = make_store(self.runtime.config.state.get("responses"))  # stored Responses, kept over reloads
         self.inflight = 0
         self._seen = self._fingerprint()
 
@@ -98,8 +100,12 @@ class Gateway:
     def application(self):
         args = {"gateway": self}
         # each dialect's endpoint comes from its rules file (a new path takes a restart)
-        chat = [(d.path, handlers.Chat, {**args, "dialect": d.name}) for d in self.runtime.rules.dialects.values()]
+        chat = [(d.path, CREATE.get(d.name, handlers.Chat), {**args, "dialect": d.name})
+                for d in self.runtime.rules.dialects.values()]
         return Application([
+            (r"/v1/responses/compact", responses.Compact, args),
+            (r"/v1/responses/([^/]+)", responses.Stored, args),
+            (r"/v1/responses/([^/]+)/input_items", responses.InputItems, args),
             *chat,
             (r"/v1/messages/count_tokens", handlers.CountTokens, args),
             (r"/v1/models", handlers.Models, args),
@@ -107,6 +113,9 @@ class Gateway:
             (r"/metrics", handlers.Metrics, args),
             (r"/v1/usage", handlers.Usage, args),
         ], default_handler_class=handlers.NotFound, default_handler_args=args, log_function=_access_log)
+
+
+CREATE = {"responses": responses.Create}  # dialects whose create endpoint keeps state
 
 
 def _access_log(handler):

@@ -71,6 +71,7 @@ class Target:
     missing_key: str | None  # the unset $VAR that should have held the key
     policy: Policy
     fallbacks: tuple         # names to try after this one
+    native: dict = None      # other dialects the provider serves as they are: {dialect: (url, compact url)}
 
 
 def upstream_url(rule, cfg, model_id, path):
@@ -112,7 +113,10 @@ def make_target(cfg, rule, model_id):
                   count_tokens_url=rule.count_tokens_path and upstream_url(rule, cfg, model_id, rule.count_tokens_path),
                   headers=headers, forward_headers=tuple(rule.forward_headers),
                   rename=rule.rename, missing_key=cfg.missing_var, policy=Policy.from_config(cfg.policy),
-                  fallbacks=cfg.fallbacks)
+                  fallbacks=cfg.fallbacks,
+                  native={dialect: (upstream_url(rule, cfg, model_id, spec["path"]),
+                                    spec.get("compact_path") and upstream_url(rule, cfg, model_id, spec["compact_path"]))
+                          for dialect, spec in rule.also.items()})
 
 
 class Routes:

@@ -21,15 +21,20 @@ from arch import schemas
 from arch.errors import ConfigError, GatewayError
 from arch.rules.functions import RuleFunctions
 from arch.rules.jmes import compile_path
+from arch.rules.responses import ResponsesFunctions
 from arch.rules.mapping import compile_expr, compile_mapping, compile_steps, truthy
 
 log = logging.getLogger("arch")
 
 
+class _Functions(ResponsesFunctions, RuleFunctions):
+    """Every function a rules file may call."""
+
+
 def rule_interpreter(spec):
     """The JMESPath interpreter of one rules file (its functions see its `tables`), made
     once and kept: jmespath's own search() builds one, method cache and all, per call."""
-    return TreeInterpreter(Options(custom_functions=RuleFunctions(spec.get("tables"))))
+    return TreeInterpreter(Options(custom_functions=_Functions(spec.get("tables"))))
 
 
 class Dialect:
@@ -46,6 +51,9 @@ class Dialect:
         self.named_events = stream["framing"] == "named"
         self.stream_literals = {s.encode() for s in stream.get("literals", ())}
         self.end_markers = [m.encode() for m in stream["end_markers"]]
+        self.sequence = stream.get("sequence")
+        self.result = compile_expr(stream["result"], interpreter, f"{where}: stream.result") if "result" in stream else None
+        self._failure = compile_expr(stream["failure"], interpreter, f"{where}: stream.failure") if "failure" in stream else None
         usage = stream.get("usage") or {}
         self.usage_asked = compile_expr(usage["asked"], interpreter, f"{where}: stream.usage.asked") if usage else None
         self.usage_request = compile_expr(usage["request"], interpreter, f"{where}: stream.usage.request") if usage else None
@@ -78,6 +86,12 @@ class Dialect:
         root = {"status": status, "message": message, "param": param, "request_id": request_id}
         root["status"] = status = self._error_status(root)
         return status, self._error_body(root)
+
+    def stream_failure(self, message, request_id=None, response=None):
+        """The in-stream event that says a started stream failed (`response`: the answer so far)."""
+        if self._failure is not None:
+            return self._failure({"message": message, "response": response})
+        return self.render_error(502, message, None, request_id)[1]
 
     def error_message(self, body):
         """The human message inside an error body this dialect produced."""

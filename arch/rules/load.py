@@ -16,6 +16,12 @@ from arch.rules.models import ModelTable
 from arch.errors import ConfigError
 
 BUILTIN = schemas.data_dir("rules")
+# libyaml's parser when PyYAML has it: rules are parsed on every reload, 5x faster so
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def read_yaml(path):
+    return yaml.load(Path(path).read_text(), Loader=_Loader)
 
 
 class ProviderRule:
@@ -33,6 +39,8 @@ class ProviderRule:
         self.forward_headers = [h.lower() for h in spec.get("forward_headers") or ()]
         self.params = spec.get("params") or {}
         self.rename = spec.get("rename") or {}
+        # other dialects this provider serves natively: {dialect: {path, compact_path...}}
+        self.also = spec.get("also") or {}
 
 
 class RuleSet:
@@ -66,8 +74,10 @@ def load_rules(dirs=()):
     problems = []
     specs = {}
     for rel, f in rule_files(dirs).items():
+        if Path(rel).name.startswith("_"):  # a fragment other files include (see `_include`)
+            continue
         try:
-            spec = yaml.safe_load(f.read_text())
+            spec = read_yaml(f)
         except (OSError, yaml.YAMLError) as e:
             problems.append(f"{f}: {e}")
             continue
@@ -82,6 +92,7 @@ def load_rules(dirs=()):
     if problems:
         raise ConfigError(problems)
 
+    dialect_specs = {spec["name"]: spec for kind, spec, _ in specs.values() if kind == "dialect"}
     dialects, translations, providers, provider_files, prices, models = {}, {}, {}, {}, {}, {}
     for rel, (kind, spec, f) in specs.items():
         try:
@@ -90,8 +101,9 @@ def load_rules(dirs=()):
             elif kind == "models":
                 models = spec or {}
             elif kind == "dialect":
-                dialects[spec["name"]] = Dialect(spec, str(f))
+                dialects[spec["name"]] = Dialect(_inherit(spec, dialect_specs, f), str(f))
             elif kind == "translation":
+                spec["stream"] = _include(spec["stream"], f, dirs)
                 translations[spec["client"], spec["provider"]] = Translation(spec, str(f))
             else:
                 providers[spec["name"]], provider_files[spec["name"]] = ProviderRule(spec), f
@@ -100,10 +112,49 @@ def load_rules(dirs=()):
     for name, p in providers.items():
         if p.dialect not in dialects:
             problems.append(f"{provider_files[name]}: dialect: no dialect named {p.dialect!r}")
+    spoken = {p.dialect for p in providers.values()}  # what a request may have to be translated into
     for a in dialects:
-        for b in dialects:
+        for b in spoken & set(dialects):
             if a != b and (a, b) not in translations:
                 problems.append(f"rules: no translation from {a} clients to {b} providers (dialects/{a}_to_{b}.yaml)")
     if problems:
         raise ConfigError(problems)
     return RuleSet(dialects, translations, providers, prices, ModelTable(models), files=[str(f) for _, _, f in specs.values()])
+
+
+def _inherit(spec, dialect_specs, where):
+    """A dialect with `inherit: other` takes the other's `error` and `tables` unless it has its own."""
+    parent = spec.get("inherit")
+    if parent is None:
+        if "error" not in spec:
+            raise ConfigError([f"{where}: error: required (or inherit: a dialect that has it)"])
+        return spec
+    if parent not in dialect_specs:
+        raise ConfigError([f"{where}: inherit: no dialect named {parent!r}"])
+    return {**{k: dialect_specs[parent][k] for k in ("error", "tables") if k in dialect_specs[parent]}, **spec}
+
+
+def _include(stream, where, dirs):
+    """A stream section with `include: _file.yaml` (a fragment beside the file, the same for
+    several translations) takes the fragment's state, procedures and rules under its own."""
+    name = stream.get("include")
+    if name is None:
+        return stream
+    fragment = rule_files(dirs).get(f"dialects/{name}")
+    if fragment is None:
+        raise ConfigError([f"{where}: stream.include: no rules file dialects/{name}"])
+    try:
+        base = read_yaml(fragment) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError([f"{fragment}: {e}"]) from None
+    problems = schemas.problems("rules_translation.schema.yaml", {"client": "", "provider": "", "request": {},
+                                                                  "response": {}, "stream": base}, str(fragment))
+    if problems:
+        raise ConfigError(problems)
+    merged = {**base, **{k: v for k, v in stream.items() if k != "include"}}
+    merged["state"] = {**(base.get("state") or {}), **(stream.get("state") or {})}
+    own = stream.get("procedures") or {}  # first: the fragment's procedures may `use` them
+    merged["procedures"] = {**own, **{k: v for k, v in (base.get("procedures") or {}).items() if k not in own}}
+    merged["events"] = [*(stream.get("events") or ()), *(base.get("events") or ())]
+    merged["eof"] = [*(stream.get("eof") or ()), *(base.get("eof") or ())]
+    return merged

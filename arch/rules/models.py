@@ -30,9 +30,10 @@ class ModelFacts:
         self.view = {"context_window": self.context_window, "max_output_tokens": self.max_output_tokens,
                      **{c: True for c in self.capabilities}}
 
-    def admit(self, needs, model):
-        """Raise a 400 naming the first capability the request needs that this model lacks."""
-        if "responses_only" in self.capabilities:
+    def admit(self, needs, model, dialect=None):
+        """Raise a 400 naming the first capability the request needs that this model lacks
+        (`dialect`: the one the request reaches the model in)."""
+        if "responses_only" in self.capabilities and dialect != "responses":
             raise GatewayError(400, f"model '{model}' is served only by OpenAI's Responses API (/v1/responses), "
                                     "not by chat completions or messages", "model")
         for capability, param in needs:

@@ -82,10 +82,36 @@ class StreamBroken(Exception):
     """The provider sent something that cannot be translated (a malformed event)."""
 
 
-class Translate:
+class _Numbered:
+    """What both relays do for a client dialect whose stream events carry a sequence
+    number (`stream.sequence`) and a final answer (`stream.result`)."""
+
+    sequence = 0         # the next event's number
+    result = None        # the final answer seen in the stream, in the client's dialect
+    answer_so_far = None  # for a failure event that carries it (a Responses `response.failed`)
+
+    def _number(self, event):
+        dialect = self.client
+        if dialect.sequence and isinstance(event, dict):
+            event[dialect.sequence] = self.sequence
+            self.sequence += 1
+        if dialect.result is not None and isinstance(event, dict):
+            result = dialect.result(event)
+            if result is not None:
+                self.result = result
+
+    def failure(self, message, request_id):
+        """The framed in-stream event that tells the client the stream failed."""
+        event = self.client.stream_failure(message, request_id, self.answer_so_far)
+        self._number(event)
+        return self.client.frame(event)
+
+
+class Translate(_Numbered):
     """One request's run of a declared stream state machine (a `stream:` rules section).
 
-    All state lives here, per request: nothing is shared between streams (docs/wire-formats.md, pitfall 14)."""
+    All state lives here, per request: nothing is shared between streams (docs/wire-formats.md, pitfall 14).
+    A translation into a dialect with a final answer object keeps it, so far, in `s.response`."""
 
     def __init__(self, program, ctx, client, provider):
         self.program, self.client, self.provider = program, client, provider
@@ -93,6 +119,10 @@ class Translate:
         self.parser = SSEParser()
         self.ended = False
         self._out = []
+
+    @property
+    def answer_so_far(self):
+        return self.root["s"].get("response")
 
     @property
     def state(self):
@@ -154,10 +184,13 @@ class Translate:
 
     def _take(self):
         out, self._out = self._out, []
+        if self.client.sequence or self.client.result:
+            for event in out:
+                self._number(event)
         return b"".join(map(self.client.frame, out))
 
 
-class Passthrough:
+class Passthrough(_Numbered):
     """Same dialect both sides: the provider's bytes go through as they were
     framed, a whole event at a time, each checked to be JSON, never translated.
     So a malformed or cut event becomes the client's in-stream error rather
@@ -169,7 +202,8 @@ class Passthrough:
     for accounting and not passed on."""
 
     def __init__(self, dialect, strip=False):
-        self.dialect, self.strip = dialect, strip
+        self.dialect = self.client = dialect
+        self.strip = strip
         self.parser = SSEParser()
         self.pending = b""   # the start of an event whose blank line has not arrived yet
         self.ended = False
@@ -198,6 +232,8 @@ class Passthrough:
                     event = None
                 if not isinstance(event, dict):
                     raise StreamBroken("the provider sent a malformed stream event")
+                if self.dialect.sequence or self.dialect.result is not None:
+                    self._seen(event)
                 if b'"usage"' in data:
                     if self.strip and truthy(self.dialect.usage_event(event)):
                         self.usage, dropped = event.get("usage"), True
@@ -212,3 +248,15 @@ class Passthrough:
         if dropped or self.parser.skipped != skipped:  # some blocks stay here: frame what is left anew
             return b"".join(self.dialect.frame_raw(n, d) for n, d in kept)
         return whole
+
+    def _seen(self, event):
+        """Numbered events: a failure event must come after the provider's last number;
+        the answer so far and the final answer are kept as they pass."""
+        number = event.get(self.dialect.sequence)
+        if isinstance(number, int) and number >= self.sequence:
+            self.sequence = number + 1
+        if isinstance(event.get("response"), dict):
+            self.answer_so_far = event["response"]
+        result = self.dialect.result(event) if self.dialect.result is not None else None
+        if result is not None:
+            self.result = result

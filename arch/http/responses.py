@@ -1,0 +1,163 @@
+"""The Responses endpoints: POST /v1/responses, GET/DELETE /v1/responses/{id},
+GET /v1/responses/{id}/input_items, POST /v1/responses/compact.
+
+Creating a response is a Chat-handler exchange plus state: a request that names
+`previous_response_id` the gateway stored is sent with the conversation before
+it, rebuilt for whichever provider answers now (so a conversation may switch
+models), and every answer is stored unless the request says `store: false`.
+OpenAI models are reached at their own /responses endpoint, untouched; others
+through the rules (rules/dialects/responses_to_*.yaml).
+"""
+import json
+
+from arch.errors import GatewayError
+from arch.http.handlers import Base, Chat, _Exchange
+from arch.rules.responses import input_items
+from arch.state.responses import conversation, record
+
+DIALECT = "responses"
+
+
+def _not_found(rid, param=None):
+    return GatewayError(404, f"Response with id '{rid}' not found.", param)
+
+
+class Create(Chat):
+    """POST /v1/responses."""
+
+    dialect = DIALECT
+    keeps_answers = True
+
+    async def _serve(self):
+        body = self._body()
+        client = self.runtime.rules.dialects[self.dialect]
+        client.validate(body)
+        self.record["requested_model"] = name = body["model"]
+        self.record["stream"] = body.get("stream") is True
+        route = self.runtime.routes.resolve(name)
+        if name in self.runtime.routes.aliases:
+            self.record["alias"] = name
+        self.history = {}  # provider dialect -> the conversation before this request, or None
+        self.continues = None
+        previous = body.get("previous_response_id")
+        if previous:
+            for target in route:
+                origin = self._endpoint(target)[1]
+                if origin not in self.history:
+                    self.history[origin] = await conversation(self.gateway.responses, previous, origin)
+            if all(h is None for h in self.history.values()):
+                native = all(self._endpoint(t)[1] == DIALECT for t in route)
+                if not native:  # an OpenAI model may know an id the gateway never stored; no other can
+                    raise _not_found(previous, "previous_response_id")
+            else:
+                self.continues = previous
+        await self._forward(client, body, route)
+
+    def _endpoint(self, target):
+        native = target.native.get(DIALECT)
+        return (native[0], DIALECT) if native else (target.url, target.dialect)
+
+    def _upstream_request(self, client, body, target, pristine=True):
+        history = self.history.get(self._endpoint(target)[1])
+        if history is not None:
+            body = {k: v for k, v in body.items() if k != "previous_response_id"}
+            body["input"] = history + input_items(body.get("input"))
+            pristine = False
+        return super()._upstream_request(client, body, target, pristine)
+
+    async def keep(self, answer, body, target):
+        """Store the answer (as the client got it) with this request's own input."""
+        if body.get("store") is False:
+            return
+        if isinstance(answer, bytes):
+            try:
+                answer = json.loads(answer)
+            except ValueError:
+                return
+        rid = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(rid, str) or answer.get("status") == "failed":
+            return
+        await self.gateway.responses.put(rid, record(answer, input_items(body.get("input")), self.continues,
+                                                     self._endpoint(target)[1]))
+
+
+class Stored(Base):
+    """GET and DELETE /v1/responses/{id}: a stored response, as it was answered."""
+
+    dialect = DIALECT
+
+    async def get(self, rid):
+        found = await self.gateway.responses.get(rid)
+        if found is None:
+            raise _not_found(rid)
+        self.send_json(200, found["response"])
+
+    async def delete(self, rid):
+        if not await self.gateway.responses.delete(rid):
+            raise _not_found(rid)
+        self.send_json(200, {"id": rid, "object": "response", "deleted": True})
+
+
+class InputItems(Base):
+    """GET /v1/responses/{id}/input_items: the input of the request that made it
+    (`order` asc or desc, default desc; `limit` 1-100, default 20; `after` an item id)."""
+
+    dialect = DIALECT
+
+    async def get(self, rid):
+        found = await self.gateway.responses.get(rid)
+        if found is None:
+            raise _not_found(rid)
+        items = [_listed(item, f"msg_{rid[5:]}{n}") for n, item in enumerate(found["input"])]
+        if self.get_argument("order", "desc") != "asc":
+            items.reverse()
+        after = self.get_argument("after", None)
+        if after:
+            ids = [item["id"] for item in items]
+            items = items[ids.index(after) + 1:] if after in ids else []
+        try:
+            limit = min(max(int(self.get_argument("limit", "20")), 1), 100)
+        except ValueError:
+            raise GatewayError(400, "limit must be an integer from 1 to 100", "limit") from None
+        page = items[:limit]
+        self.send_json(200, {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                             "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
+
+
+class Compact(Create):
+    """POST /v1/responses/compact: OpenAI's own compaction, passed through to OpenAI
+    models; other providers have no counterpart, so it is a clear 400 for them."""
+
+    keeps_answers = False
+    history = {}
+
+    async def _serve(self):
+        body = self._body()
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise GatewayError(400, "model: a string is required", "model")
+        self.record["requested_model"] = body["model"]
+        target = self.runtime.routes.resolve(body["model"])[0]
+        self.record["provider"], self.record["model"] = target.provider, target.model
+        native = target.native.get(DIALECT)
+        if not native or not native[1]:
+            raise GatewayError(400, f"/v1/responses/compact is only available for OpenAI models; "
+                                    f"'{body['model']}' is served by {target.provider}. Send the full input "
+                                    "(or previous_response_id) to /v1/responses instead.", "model")
+        client = self.runtime.rules.dialects[self.dialect]
+        data, _, _ = self._upstream_request(client, body, target)
+        exchange = _Exchange(self, client, client, None)
+        if await self._send(target, native[1], data, exchange):
+            if not 200 <= self.call.status < 300:
+                raise self._upstream_error(client, client, exchange)
+            self.send_json(200, b"".join(exchange.buffer))
+
+
+def _listed(item, fallback_id):
+    """An input item as the list endpoint shows it: with an id, a message's text as parts."""
+    item = {"id": fallback_id, **item}
+    if item.get("type") == "message":
+        if isinstance(item.get("content"), str):
+            kind = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": kind, "text": item["content"]}]
+        item.setdefault("status", "completed")
+    return item

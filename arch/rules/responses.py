@@ -1,0 +1,506 @@
+"""Rule functions for the Responses dialect: the structural steps its translations
+(`rules/dialects/responses_to_*.yaml`) call by name.
+
+A Responses request is a list of typed items (messages, function calls and their
+outputs, reasoning) where Chat Completions and Anthropic have role-tagged turns;
+its tools may be freeform (`custom`) or grouped (`namespace`), which the others
+know only as plain functions. These functions regroup items into turns, flatten
+tools into functions under names that can be mapped back, and build the
+Responses output items (and stream parts) from what the provider answered, so
+that a call the model makes reaches the client as the tool it declared.
+
+Anthropic thinking keeps its signature: a reasoning item made from a thinking
+block carries it in `encrypted_content`, and a reasoning item sent back with it
+becomes the same thinking block again (`redacted_thinking` data is prefixed
+with REDACTED).
+"""
+from jmespath import functions as _f
+
+from arch.errors import GatewayError
+from arch.rules.functions import _image_source, _parse_arguments, new_id, openai_tool_name, to_json
+
+REDACTED = "redacted:"
+NAMESPACE_SEP = "__"
+CUSTOM_INPUT = "input"  # the one string argument a custom (freeform) tool becomes
+
+
+# --- tools ----------------------------------------------------------------------------------
+
+def flat_tools(tools, provider):
+    """The client's function, custom and namespace tools as plain functions
+    [{name, description, parameters, strict}]; any other (built-in) tool is a 400."""
+    out = []
+    for n, tool in enumerate(tools or ()):
+        kind = tool.get("type")
+        if kind == "namespace":
+            for inner in tool.get("tools") or ():
+                out.append(_flat_tool(inner, f"{tool.get('name')}{NAMESPACE_SEP}{inner.get('name')}", provider, f"tools[{n}]"))
+        else:
+            out.append(_flat_tool(tool, tool.get("name"), provider, f"tools[{n}]"))
+    return out
+
+
+def _flat_tool(tool, name, provider, where):
+    kind = tool.get("type")
+    if kind == "function":
+        params = tool.get("parameters") or {"type": "object", "properties": {}}
+        return {"name": openai_tool_name(name), "description": tool.get("description"), "parameters": params,
+                "strict": tool.get("strict")}
+    if kind == "custom":
+        hint = "Freeform input: the whole input goes in the string argument `input`."
+        fmt = tool.get("format") or {}
+        if fmt.get("type") == "grammar":
+            hint += f" It must match this {fmt.get('syntax', '')} grammar:\n{fmt.get('definition', '')}"
+        return {"name": openai_tool_name(name),
+                "description": "\n\n".join(filter(None, [tool.get("description"), hint])),
+                "parameters": {"type": "object", "properties": {CUSTOM_INPUT: {"type": "string"}},
+                               "required": [CUSTOM_INPUT], "additionalProperties": False},
+                "strict": None}
+    raise GatewayError(400, f"tool type '{kind}' is a built-in OpenAI tool; {provider} models do not have it "
+                            "(use an OpenAI model, or a function tool)", where)
+
+
+def _tool_index(tools):
+    """{name the provider sees: (client tool name, namespace or None, custom?)}."""
+    index = {}
+    for tool in tools or ():
+        if tool.get("type") == "namespace":
+            for inner in tool.get("tools") or ():
+                flat = openai_tool_name(f"{tool.get('name')}{NAMESPACE_SEP}{inner.get('name')}")
+                index[flat] = (inner.get("name"), tool.get("name"), inner.get("type") == "custom")
+        elif tool.get("type") in ("function", "custom"):
+            index[openai_tool_name(tool.get("name"))] = (tool.get("name"), None, tool.get("type") == "custom")
+    return index
+
+
+def provider_tool_name(name, namespace=None):
+    return openai_tool_name(f"{namespace}{NAMESPACE_SEP}{name}" if namespace else name)
+
+
+def tool_choice_name(choice):
+    """The provider's name for a tool the client forces ({type: function|custom, name}), else None."""
+    if isinstance(choice, dict) and choice.get("type") in ("function", "custom"):
+        return provider_tool_name(choice.get("name"), choice.get("namespace"))
+    if isinstance(choice, dict) and choice.get("type") != "allowed_tools":
+        raise GatewayError(400, f"tool_choice type '{choice.get('type')}' names a built-in OpenAI tool", "tool_choice")
+    return None
+
+
+def call_item(call_id, name, arguments, tools, status="completed"):
+    """A tool call the provider made, as the client's item: a `custom_tool_call` with its
+    raw input for a custom tool, else a `function_call` (with its namespace, if any)."""
+    client_name, namespace, custom = _tool_index(tools).get(name, (name, None, False))
+    if custom:
+        raw = _parse_arguments(arguments).get(CUSTOM_INPUT)
+        item = {"id": new_id("ctc_"), "type": "custom_tool_call", "status": status, "call_id": call_id,
+                "name": client_name, "input": raw if isinstance(raw, str) else ""}
+    else:
+        if not isinstance(arguments, str):
+            arguments = to_json(arguments or {})
+        item = {"id": new_id("fc_"), "type": "function_call", "status": status, "call_id": call_id,
+                "name": client_name, "arguments": arguments}
+    if namespace:
+        item["namespace"] = namespace
+    return item
+
+
+# --- request: items -> turns ----------------------------------------------------------------
+
+def input_items(value):
+    """`input` as a list of items (a string is one user message)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    return [item if "type" in item else {**item, "type": "message"} for item in value]
+
+
+def _text(content):
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text") or p.get("refusal") or "" for p in content or ()
+                   if p.get("type") in ("input_text", "output_text", "text", "refusal"))
+
+
+def _output_text(output):
+    """A tool output (a string, or input_text/input_image parts) as text."""
+    return output if isinstance(output, str) else _text(output)
+
+
+def _unsupported(item, n, provider):
+    raise GatewayError(400, f"input item type '{item.get('type')}' cannot be sent to {provider} models", f"input[{n}]")
+
+
+def _chat_part(part, where):
+    kind = part.get("type")
+    if kind in ("input_text", "output_text"):
+        return {"type": "text", "text": part.get("text") or ""}
+    if kind == "input_image" and part.get("image_url"):
+        image = {"url": part["image_url"]}
+        if part.get("detail") and part["detail"] != "auto":
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    if kind == "input_file" and (part.get("file_data") or part.get("file_id")):
+        file = {k: part[k] for k in ("file_data", "file_id", "filename") if part.get(k)}
+        return {"type": "file", "file": file}
+    raise GatewayError(400, f"content part type '{kind}' cannot be sent to OpenAI-compatible models"
+                            " (images by URL or data URL, files as file_data)", where)
+
+
+def chat_messages(instructions, items):
+    """Responses input items as Chat Completions messages."""
+    out = [{"role": "system", "content": instructions}] if instructions else []
+    assistant = None  # the assistant message that function calls join
+
+    for n, item in enumerate(input_items(items)):
+        kind, where = item.get("type"), f"input[{n}]"
+        if kind == "message":
+            role, content = item.get("role"), item.get("content")
+            if role == "assistant":
+                assistant = {"role": "assistant", "content": _text(content) or None}
+                out.append(assistant)
+                continue
+            assistant = None
+            if isinstance(content, str):
+                out.append({"role": role, "content": content})
+            elif role in ("system", "developer"):
+                out.append({"role": role, "content": _text(content)})
+            else:
+                parts = [_chat_part(p, f"{where}.content[{k}]") for k, p in enumerate(content or ())]
+                text_only = all(p["type"] == "text" for p in parts)
+                out.append({"role": role, "content": "".join(p["text"] for p in parts) if text_only else parts})
+        elif kind in ("function_call", "custom_tool_call"):
+            args = item.get("arguments") if kind == "function_call" else to_json({CUSTOM_INPUT: item.get("input") or ""})
+            call = {"id": item.get("call_id"), "type": "function",
+                    "function": {"name": provider_tool_name(item.get("name"), item.get("namespace")),
+                                 "arguments": args or "{}"}}
+            if assistant is None:
+                assistant = {"role": "assistant", "content": None}
+                out.append(assistant)
+            assistant.setdefault("tool_calls", []).append(call)
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            assistant = None
+            out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": _output_text(item.get("output"))})
+        elif kind == "reasoning":
+            continue  # a provider's own reasoning; Chat Completions has no way to send it back
+        else:
+            _unsupported(item, n, "OpenAI-compatible")
+    return out
+
+
+def _anthropic_part(part, where):
+    kind = part.get("type")
+    if kind in ("input_text", "output_text"):
+        return {"type": "text", "text": part.get("text")} if part.get("text") else None
+    if kind == "input_image" and part.get("image_url"):
+        return {"type": "image", "source": _image_source(part["image_url"])}
+    if kind == "input_file" and part.get("file_data"):
+        data = part["file_data"]
+        source = _image_source(data) if data.startswith("data:") else {"type": "base64", "media_type": "application/pdf", "data": data}
+        return {"type": "document", "source": source}
+    raise GatewayError(400, f"content part type '{kind}' cannot be sent to Anthropic models"
+                            " (images by URL or data URL, files as file_data)", where)
+
+
+def anthropic_system(instructions, items):
+    """Instructions and every system/developer message, one text block each."""
+    texts = [instructions] if instructions else []
+    texts += [_text(i.get("content")) for i in input_items(items)
+              if i.get("type") == "message" and i.get("role") in ("system", "developer")]
+    return [{"type": "text", "text": t} for t in texts if t] or None
+
+
+def anthropic_messages(items):
+    """Responses input items as Anthropic turns: calls become tool_use, outputs
+    tool_result (first in their user turn), signed reasoning thinking again."""
+    turns = []
+
+    def add(role, blocks):
+        if not blocks:
+            return
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": list(blocks)})
+
+    for n, item in enumerate(input_items(items)):
+        kind, where = item.get("type"), f"input[{n}]"
+        if kind == "message":
+            role, content = item.get("role"), item.get("content")
+            if role in ("system", "developer"):
+                continue
+            if isinstance(content, str):
+                blocks = [{"type": "text", "text": content}] if content else []
+            else:
+                blocks = [b for k, p in enumerate(content or ()) if (b := _anthropic_part(p, f"{where}.content[{k}]"))]
+            add("assistant" if role == "assistant" else "user", blocks)
+        elif kind in ("function_call", "custom_tool_call"):
+            value = _parse_arguments(item.get("arguments")) if kind == "function_call" else {CUSTOM_INPUT: item.get("input") or ""}
+            add("assistant", [{"type": "tool_use", "id": item.get("call_id"),
+                               "name": provider_tool_name(item.get("name"), item.get("namespace")), "input": value}])
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            result = {"type": "tool_result", "tool_use_id": item.get("call_id")}
+            text = _output_text(item.get("output"))
+            if text:
+                result["content"] = text
+            add("user", [result])
+        elif kind == "reasoning":
+            sealed = item.get("encrypted_content")
+            if not isinstance(sealed, str):
+                continue  # reasoning from another provider: Anthropic accepts only its own, signed
+            if sealed.startswith(REDACTED):
+                add("assistant", [{"type": "redacted_thinking", "data": sealed[len(REDACTED):]}])
+            else:
+                thought = "".join(s.get("text") or "" for s in item.get("summary") or ())
+                add("assistant", [{"type": "thinking", "thinking": thought, "signature": sealed}])
+        else:
+            _unsupported(item, n, "Anthropic")
+    for turn in turns:
+        turn["content"].sort(key=lambda b: b.get("type") != "tool_result")
+    return turns or [{"role": "user", "content": "."}]
+
+
+# --- response: provider answer -> output items ---------------------------------------------
+
+def _message_item(texts):
+    return {"id": new_id("msg_"), "type": "message", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": t, "annotations": [], "logprobs": []} for t in texts]}
+
+
+def _reasoning_item(text, sealed=None):
+    item = {"id": new_id("rs_"), "type": "reasoning",
+            "summary": [{"type": "summary_text", "text": text}] if text else []}
+    if sealed:
+        item["encrypted_content"] = sealed
+    return item
+
+
+def output_from_chat(message, tools):
+    """A chat.completion message as Responses output items."""
+    message = message or {}
+    out = []
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        out.append(_reasoning_item(reasoning))
+    text = message.get("content")
+    text = text if isinstance(text, str) else _text(text)
+    if text or message.get("refusal"):
+        item = _message_item([text] if text else [])
+        if message.get("refusal"):
+            item["content"].append({"type": "refusal", "refusal": message["refusal"]})
+        out.append(item)
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        out.append(call_item(call.get("id") or new_id("call_"), fn.get("name"), fn.get("arguments"), tools))
+    return out
+
+
+def output_from_anthropic(content, tools):
+    """Anthropic content blocks as Responses output items (thinking keeps its signature)."""
+    out, texts = [], []
+
+    def flush():
+        if texts:
+            out.append(_message_item(list(texts)))
+            texts.clear()
+
+    for block in content or ():
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(block.get("text") or "")
+            continue
+        flush()
+        if kind == "thinking":
+            out.append(_reasoning_item(block.get("thinking"), block.get("signature")))
+        elif kind == "redacted_thinking":
+            out.append(_reasoning_item("", REDACTED + (block.get("data") or "")))
+        elif kind == "tool_use":
+            out.append(call_item(block.get("id"), block.get("name"), block.get("input"), tools))
+    flush()
+    return out
+
+
+def echo(request):
+    """The request parameters a Response object repeats back to the client."""
+    text = request.get("text") or {}
+    return {
+        "object": "response", "error": None, "instructions": request.get("instructions"),
+        "max_output_tokens": request.get("max_output_tokens"), "metadata": request.get("metadata") or {},
+        "parallel_tool_calls": request.get("parallel_tool_calls") is not False,
+        "previous_response_id": request.get("previous_response_id"),
+        "reasoning": {"effort": (request.get("reasoning") or {}).get("effort"),
+                      "summary": (request.get("reasoning") or {}).get("summary")},
+        "store": request.get("store") is not False, "temperature": request.get("temperature"),
+        "text": {"format": text.get("format") or {"type": "text"}, **({"verbosity": text["verbosity"]} if text.get("verbosity") else {})},
+        "tool_choice": request.get("tool_choice") or "auto", "tools": request.get("tools") or [],
+        "top_p": request.get("top_p"), "truncation": request.get("truncation") or "disabled",
+        "user": request.get("user"), "prompt_cache_key": request.get("prompt_cache_key"),
+        "service_tier": request.get("service_tier") or "default",
+    }
+
+
+# --- stream: provider events -> parts the shared stream program reads -----------------------
+# A part is {k: reasoning|signature|text|call|args|close|finish|usage|done|error, ...}.
+
+CHAT_FINISH = {"length": "length", "content_filter": "filter"}
+ANTHROPIC_FINISH = {"max_tokens": "length", "model_context_window_exceeded": "length", "refusal": "filter"}
+
+
+def chat_stream_parts(event):
+    if event == "[DONE]":
+        return [{"k": "done"}]
+    if not isinstance(event, dict):
+        return []
+    if event.get("error"):
+        error = event["error"]
+        return [{"k": "error", "message": error.get("message") if isinstance(error, dict) else str(error)}]
+    parts = []
+    for choice in (event.get("choices") or ())[:1]:
+        delta = choice.get("delta") or {}
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            parts.append({"k": "reasoning", "text": reasoning})
+        for field in ("content", "refusal"):
+            if isinstance(delta.get(field), str) and delta[field]:
+                parts.append({"k": "text", "text": delta[field]})
+        for call in delta.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            key = call.get("index", 0)
+            if call.get("id") or fn.get("name"):
+                parts.append({"k": "call", "key": key, "id": call.get("id") or new_id("call_"), "name": fn.get("name")})
+            if fn.get("arguments"):
+                args = fn["arguments"]
+                parts.append({"k": "args", "key": key, "text": args if isinstance(args, str) else to_json(args)})
+        if choice.get("finish_reason"):
+            parts.append({"k": "finish", "reason": CHAT_FINISH.get(choice["finish_reason"], "stop")})
+    if isinstance(event.get("usage"), dict):
+        parts.append({"k": "usage", "raw": event["usage"]})
+    return parts
+
+
+def anthropic_stream_parts(event):
+    kind = event.get("type") if isinstance(event, dict) else None
+    if kind == "message_start":
+        return [{"k": "usage", "raw": (event.get("message") or {}).get("usage") or {}}]
+    if kind == "content_block_start":
+        block, key = event.get("content_block") or {}, event.get("index")
+        btype = block.get("type")
+        if btype == "thinking":
+            return [{"k": "reasoning", "text": block.get("thinking") or ""}]
+        if btype == "redacted_thinking":
+            return [{"k": "reasoning", "text": ""}, {"k": "signature", "sig": REDACTED + (block.get("data") or "")}]
+        if btype == "text":
+            return [{"k": "text", "text": block.get("text") or ""}]
+        if btype == "tool_use":
+            parts = [{"k": "call", "key": key, "id": block.get("id"), "name": block.get("name")}]
+            if block.get("input"):  # some compatible servers give the whole input here, no deltas
+                parts.append({"k": "args", "key": key, "text": to_json(block["input"])})
+            return parts
+        return []
+    if kind == "content_block_delta":
+        delta = event.get("delta") or {}
+        dtype = delta.get("type")
+        if dtype == "text_delta":
+            return [{"k": "text", "text": delta.get("text") or ""}]
+        if dtype == "thinking_delta":
+            return [{"k": "reasoning", "text": delta.get("thinking") or ""}]
+        if dtype == "signature_delta":
+            return [{"k": "signature", "sig": delta.get("signature")}]
+        if dtype == "input_json_delta" and delta.get("partial_json"):
+            return [{"k": "args", "key": event.get("index"), "text": delta["partial_json"]}]
+        return []
+    if kind == "content_block_stop":
+        return [{"k": "close"}]
+    if kind == "message_delta":
+        reason = (event.get("delta") or {}).get("stop_reason")
+        return [{"k": "usage", "raw": event.get("usage") or {}},
+                {"k": "finish", "reason": ANTHROPIC_FINISH.get(reason, "stop")}]
+    if kind == "message_stop":
+        return [{"k": "done"}]
+    if kind == "error":
+        return [{"k": "error", "message": (event.get("error") or {}).get("message") or "the provider failed"}]
+    return []
+
+
+def open_item(part, tools):
+    """The output item a part starts (as announced in output_item.added), with what
+    the stream program accumulates into it: `text`, `args`, `sig`."""
+    kind = part["k"]
+    if kind == "reasoning":
+        item = {"id": new_id("rs_"), "type": "reasoning", "summary": []}
+    elif kind == "text":
+        item = {"id": new_id("msg_"), "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+    else:
+        item = call_item(part.get("id"), part.get("name"), "", tools, status="in_progress")
+    return {"kind": kind, "key": part.get("key"), "item": item, "text": "", "args": "", "sig": None}
+
+
+def close_item(opened, tools):
+    """The finished item of an open one."""
+    item, kind = opened["item"], opened["kind"]
+    if kind == "reasoning":
+        return {**_reasoning_item(opened["text"], opened["sig"]), "id": item["id"]}
+    if kind == "text":
+        return {**_message_item([opened["text"]]), "id": item["id"]}
+    done = call_item(item["call_id"], provider_tool_name(item["name"], item.get("namespace")), opened["args"], tools)
+    return {**done, "id": item["id"]}
+
+
+class ResponsesFunctions:
+    """The functions above as JMESPath functions (mixed into every rules file's function set)."""
+
+    @_f.signature({"types": ["array", "null"]}, {"types": ["string"]})
+    def _func_flat_tools(self, tools, provider):
+        return flat_tools(tools, provider)
+
+    @_f.signature({"types": []})
+    def _func_tool_choice_name(self, choice):
+        return tool_choice_name(choice)
+
+    @_f.signature({"types": ["string", "array", "null"]})
+    def _func_input_items(self, value):
+        return input_items(value)
+
+    @_f.signature({"types": ["string", "null"]}, {"types": ["string", "array", "null"]})
+    def _func_chat_messages(self, instructions, items):
+        return chat_messages(instructions, items)
+
+    @_f.signature({"types": ["string", "null"]}, {"types": ["string", "array", "null"]})
+    def _func_responses_system(self, instructions, items):
+        return anthropic_system(instructions, items)
+
+    @_f.signature({"types": ["string", "array", "null"]})
+    def _func_responses_turns(self, items):
+        return anthropic_messages(items)
+
+    @_f.signature({"types": ["object", "null"]}, {"types": ["array", "null"]})
+    def _func_output_from_chat(self, message, tools):
+        return output_from_chat(message, tools)
+
+    @_f.signature({"types": ["array", "null"]}, {"types": ["array", "null"]})
+    def _func_output_from_anthropic(self, content, tools):
+        return output_from_anthropic(content, tools)
+
+    @_f.signature({"types": ["object"]})
+    def _func_echo(self, request):
+        return echo(request)
+
+    @_f.signature({"types": []})
+    def _func_chat_stream_parts(self, event):
+        return chat_stream_parts(event)
+
+    @_f.signature({"types": []})
+    def _func_anthropic_stream_parts(self, event):
+        return anthropic_stream_parts(event)
+
+    @_f.signature({"types": ["object"]}, {"types": ["array", "null"]})
+    def _func_open_item(self, part, tools):
+        return open_item(part, tools)
+
+    @_f.signature({"types": ["object"]}, {"types": ["array", "null"]})
+    def _func_close_item(self, opened, tools):
+        return close_item(opened, tools)
+
+    @_f.signature({"types": ["array"]}, {"types": []})
+    def _func_append(self, items, item):
+        return [*items, item]

@@ -1,0 +1,97 @@
+"""Stored Responses: what `previous_response_id`, `GET /v1/responses/{id}` and
+`input_items` read back.
+
+A record is one response as the client received it, the input items of the
+request that made it (its own, not the conversation before it), the id of the
+response it continued, and the dialect of the provider that answered (reasoning
+is only sent back to the kind of provider that made it). A conversation is
+rebuilt by walking `previous` links, so a chain of N turns stores N records,
+not N² items.
+
+The store is an interface of three coroutines (get, put, delete) so that the
+backend can be this process's memory (bounded in entries and bytes, oldest out
+first, each entry with a time to live) or Redis shared by replicas.
+"""
+import json
+import time
+from collections import OrderedDict
+
+from arch.errors import GatewayError
+
+MAX_CHAIN = 1000          # turns followed back from one previous_response_id
+DEFAULTS = {"max_entries": 10000, "max_bytes": 256 << 20, "ttl": 30 * 86400.0}
+
+
+class MemoryStore:
+    """Records in this process: least recently stored go first when a bound is hit."""
+
+    def __init__(self, max_entries, max_bytes, ttl):
+        self.max_entries, self.max_bytes, self.ttl = max_entries, max_bytes, ttl
+        self._items = OrderedDict()  # id -> (expires, size, record bytes)
+        self.bytes = 0
+
+    async def get(self, rid):
+        entry = self._items.get(rid)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            self._drop(rid)
+            return None
+        return json.loads(entry[2])
+
+    async def put(self, rid, record):
+        data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode(errors="backslashreplace")
+        if len(data) > self.max_bytes:
+            return
+        self._drop(rid)
+        self._items[rid] = (time.monotonic() + self.ttl, len(data), data)
+        self.bytes += len(data)
+        while len(self._items) > self.max_entries or self.bytes > self.max_bytes:
+            self._drop(next(iter(self._items)))
+
+    async def delete(self, rid):
+        return self._drop(rid)
+
+    def _drop(self, rid):
+        entry = self._items.pop(rid, None)
+        if entry is not None:
+            self.bytes -= entry[1]
+        return entry is not None
+
+
+def make_store(settings):
+    """The configured backend (`state.responses` in the config)."""
+    cfg = {**DEFAULTS, **(settings or {})}
+    return MemoryStore(cfg["max_entries"], cfg["max_bytes"], cfg["ttl"])
+
+
+async def conversation(store, previous_id, origin):
+    """The items before a request that continues `previous_id`: each stored turn's
+    input then its output, oldest first. Reasoning (and output types only OpenAI
+    makes) comes back only to the kind of provider (`origin`) that made it.
+    None when `previous_id` is unknown; a 404 when the chain is broken."""
+    record = await store.get(previous_id)
+    if record is None:
+        return None
+    chain = [record]
+    while record.get("previous") and len(chain) < MAX_CHAIN:
+        prior = record["previous"]
+        record = await store.get(prior)
+        if record is None:
+            raise GatewayError(404, f"Response '{prior}' (earlier in the conversation of '{previous_id}') "
+                                    "was not found or has expired", "previous_response_id")
+        chain.append(record)
+    items = []
+    for record in reversed(chain):
+        items.extend(record["input"])
+        same = record.get("origin") == origin
+        items.extend(item for item in (record["response"].get("output") or ())
+                     if same or item.get("type") in PORTABLE)
+    return items
+
+
+PORTABLE = ("message", "function_call", "custom_tool_call", "function_call_output", "custom_tool_call_output")
+
+
+def record(response, input_items, previous, origin):
+    return {"response": response, "input": input_items, "previous": previous, "origin": origin}

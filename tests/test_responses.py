@@ -1,0 +1,405 @@
+"""The Responses API (POST /v1/responses and its stored-response endpoints) through
+the gateway, driven by the openai SDK's responses helpers: passed through to
+OpenAI models, translated for Anthropic and OpenAI-compatible (chat) models, in
+streams and not, with previous_response_id chains kept by the gateway.
+"""
+from __future__ import annotations
+
+import json
+
+import openai
+import pydantic
+import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+
+from conftest import GATEWAY_ENV, gateway_config, openai_client, start_gateway
+from fakes import named_sse, parse_sse, responses_events, vector, vector_json
+from translate_util import CLAUDE, GPT, LLAMA, anth_message, anth_sse, oai_completion, raw_post
+
+VECTORS = "openai_responses"
+WEATHER = [{"type": "function", "name": "get_weather", "description": "Weather for a city.",
+            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}]
+_EVENTS = pydantic.TypeAdapter(ResponseStreamEvent)
+
+
+def stream_events(data: bytes) -> list[dict]:
+    """A Responses stream's events; each frame's `event:` must equal data.type, and each parses as an SDK event."""
+    out = []
+    for name, text in parse_sse(data):
+        event = json.loads(text)
+        assert name == event["type"], (name, event["type"])
+        _EVENTS.validate_python(event)
+        out.append(event)
+    return out
+
+
+def raw_stream(gateway, **body) -> list[dict]:
+    status, headers, data = raw_post(gateway, "/v1/responses", {"stream": True, **body})
+    assert status == 200, data
+    assert headers["content-type"].startswith("text/event-stream")
+    return stream_events(data)
+
+
+def check_sequence(events):
+    """Numbered 0, 1, 2... ; created and in_progress first; the final event last; every
+    output item added before its deltas and done after them, items one after another."""
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert [e["type"] for e in events[:2]] == ["response.created", "response.in_progress"]
+    ids = {e["response"]["id"] for e in events if "response" in e}
+    assert len(ids) == 1 and ids.pop().startswith("resp_")
+    open_index = None
+    for e in events[2:-1]:
+        if e["type"] == "response.output_item.added":
+            assert open_index is None
+            open_index = e["output_index"]
+        elif e["type"] == "response.output_item.done":
+            assert e["output_index"] == open_index
+            open_index = None
+        else:
+            assert e["output_index"] == open_index, e
+    assert open_index is None
+
+
+# --- wire vectors and the fake ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["response_text", "response_parallel_function_calls", "response_reasoning"])
+def test_vectors_are_what_the_sdk_reads(name):
+    """The recorded shapes parse as the SDK's own types, streams event by event, and the
+    fake's stream of a response rebuilds that response in the SDK's accumulator."""
+    Response.model_validate(vector_json(f"{VECTORS}/{name}.json"))
+    events = stream_events(vector(f"{VECTORS}/stream_{name[9:]}.sse").encode())
+    assert events[-1]["response"] == vector_json(f"{VECTORS}/{name}.json")
+    assert events == responses_events(vector_json(f"{VECTORS}/{name}.json"))
+
+
+# --- OpenAI models: passed through ----------------------------------------------------------
+
+def test_native_pass_through_untouched(gateway, openai_fake, oai):
+    r = oai.responses.create(model=GPT, input="Hi", instructions="Be brief.", store=False,
+                             include=["reasoning.encrypted_content"], tools=[{"type": "web_search"}])
+    sent = openai_fake.last
+    assert sent["path"] == "/v1/responses"
+    assert sent["headers"]["authorization"] == "Bearer " + GATEWAY_ENV["OPENAI_API_KEY"]
+    assert sent["body"]["tools"] == [{"type": "web_search"}]          # built-in tools reach OpenAI
+    assert sent["body"]["include"] == ["reasoning.encrypted_content"]
+    assert r.id == "resp_fake1" and r.output_text == f"Hello from {GPT}!"
+
+
+def test_native_bytes_kept_and_alias_renamed(gateway, openai_fake):
+    body = b'{"model": "gpt-4o-mini",   "input": "Hi", "store": false}'
+    status, _, _ = raw_post(gateway, "/v1/responses", json.loads(body))
+    assert status == 200
+    status, _, data = raw_post(gateway, "/v1/responses", {"model": "fast-model", "input": "Hi", "store": False})
+    assert status == 200 and json.loads(data)["model"] == GPT
+    assert openai_fake.last["body"] == {"model": GPT, "input": "Hi", "store": False}
+
+
+def test_native_stream_passes_through(gateway, openai_fake, oai):
+    openai_fake.enqueue(sse=vector(f"{VECTORS}/stream_parallel_function_calls.sse"))
+    with oai.responses.stream(model=GPT, input="Weather in Paris and Bogotá?", tools=WEATHER) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert [c.call_id for c in final.output] == ["call_unLAR8MvFNptuiZK6K6HCy5k", "call_7cT8oTLFb2tdHXAjY0AAAAAa"]
+    # stored: the gateway can continue it, and GET returns it
+    assert oai.responses.retrieve(final.id).output[1].arguments == '{"location":"Bogot\u00e1, Colombia"}'
+
+
+def test_native_stream_cut_short_fails(gateway, openai_fake):
+    sse = vector(f"{VECTORS}/stream_text.sse")
+    openai_fake.enqueue(sse=sse, close_after=len(sse.encode()) // 2)
+    events = raw_stream(gateway, model=GPT, input="Hi")
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["error"]["code"] == "server_error"
+    numbers = [e["sequence_number"] for e in events]
+    assert numbers == sorted(set(numbers))   # the failure continues the provider's numbering
+
+
+def test_compact_passes_to_openai_refused_elsewhere(gateway, openai_fake, oai):
+    compacted = {"id": "resp_cmp1", "object": "response.compaction", "created_at": 1764967971,
+                 "output": [{"id": "cmp_1", "type": "compaction", "encrypted_content": "gAAA..."}],
+                 "usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5,
+                           "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 15}}
+    openai_fake.enqueue(json=compacted)
+    out = oai.responses.compact(model="fast-model", input="a long conversation")
+    assert out.output[0].type == "compaction"
+    assert openai_fake.last["path"] == "/v1/responses/compact" and openai_fake.last["body"]["model"] == GPT
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.responses.compact(model=CLAUDE, input="a long conversation")
+    assert "only available for OpenAI models" in e.value.message and e.value.body["param"] == "model"
+
+
+# --- Anthropic models: translated -------------------------------------------------------------
+
+def test_anthropic_request_translation(gateway, anthropic_fake, oai):
+    anthropic_fake.enqueue(json=anth_message([{"type": "text", "text": "ok"}]))
+    r = oai.responses.create(
+        model=CLAUDE, instructions="Be brief.", max_output_tokens=300, temperature=1.5, top_p=0.9,
+        parallel_tool_calls=False, tool_choice="required", metadata={"k": "v"}, user="u1",
+        input=[{"role": "developer", "content": "Use metric units."},
+               {"role": "user", "content": [{"type": "input_text", "text": "Weather?"},
+                                            {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0K"}]},
+               {"type": "function_call", "call_id": "toolu_1", "name": "get_weather", "arguments": '{"location":"Rome"}'},
+               {"type": "function_call_output", "call_id": "toolu_1", "output": "21C"}],
+        tools=WEATHER)
+    sent = anthropic_fake.last["body"]
+    assert sent["system"] == [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use metric units."}]
+    assert sent["max_tokens"] == 300 and sent["temperature"] == 1 and sent["top_p"] == 0.9
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Weather?"},
+                                     {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                  "data": "iVBORw0K"}}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                           "input": {"location": "Rome"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "21C"}]}]
+    assert sent["tools"] == [{"name": "get_weather", "input_schema": WEATHER[0]["parameters"],
+                              "description": "Weather for a city."}]
+    assert sent["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+    assert sent["metadata"] == {"user_id": "u1"}
+    assert r.id.startswith("resp_") and r.output_text == "ok" and r.metadata == {"k": "v"}
+    assert r.usage.input_tokens == 10 and r.usage.output_tokens == 5
+
+
+def test_anthropic_thinking_round_trip_with_signature(gateway, anthropic_fake, oai):
+    """Thinking becomes a reasoning item carrying its signature, and goes back to
+    Anthropic as the same signed thinking block, before the same tool_use id."""
+    message = vector_json("anthropic/message_thinking_tool_use.json")
+    anthropic_fake.enqueue(json=message)
+    tools = [{**WEATHER[0], "name": "weather"}]
+    r = oai.responses.create(model=CLAUDE, input="Weather in Florence?", tools=tools, reasoning={"effort": "low"})
+    sent = anthropic_fake.last["body"]
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 2048} and sent["max_tokens"] == 2048 + 4096
+    reasoning, call = r.output
+    assert reasoning.type == "reasoning" and reasoning.encrypted_content == message["content"][0]["signature"]
+    assert reasoning.summary[0].text == message["content"][0]["thinking"]
+    assert call.type == "function_call" and call.call_id == "toolu_014azqsWLU8Djh6RhmBGRC2u"
+    assert json.loads(call.arguments) == {"location": "Florence, Italy"}
+
+    anthropic_fake.enqueue(json=anth_message([{"type": "text", "text": "Sunny."}]))
+    r2 = oai.responses.create(model=CLAUDE, previous_response_id=r.id, tools=tools, reasoning={"effort": "low"},
+                              input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny"}])
+    turns = anthropic_fake.last["body"]["messages"]
+    assert turns[1] == {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": message["content"][0]["thinking"], "signature": message["content"][0]["signature"]},
+        {"type": "tool_use", "id": "toolu_014azqsWLU8Djh6RhmBGRC2u", "name": "weather", "input": {"location": "Florence, Italy"}}]}
+    assert turns[2] == {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_014azqsWLU8Djh6RhmBGRC2u", "content": "Sunny"}]}
+    assert r2.output_text == "Sunny." and r2.previous_response_id == r.id
+
+
+def test_custom_and_namespace_tools_restored(gateway, anthropic_fake, oai):
+    anthropic_fake.enqueue(json=anth_message([
+        {"type": "tool_use", "id": "toolu_a", "name": "apply_patch", "input": {"input": "*** Begin Patch\n"}},
+        {"type": "tool_use", "id": "toolu_b", "name": "crm__lookup", "input": {"email": "a@b.c"}}], "tool_use"))
+    tools = [{"type": "custom", "name": "apply_patch", "description": "Edit files."},
+             {"type": "namespace", "name": "crm", "description": "CRM tools", "tools": [
+                 {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {"email": {"type": "string"}}}}]}]
+    r = oai.responses.create(model=CLAUDE, input="go", tools=tools, tool_choice={"type": "custom", "name": "apply_patch"})
+    sent = anthropic_fake.last["body"]
+    assert [t["name"] for t in sent["tools"]] == ["apply_patch", "crm__lookup"]
+    assert sent["tools"][0]["input_schema"]["required"] == ["input"]
+    assert sent["tool_choice"] == {"type": "tool", "name": "apply_patch"}
+    patch, lookup = r.output
+    assert (patch.type, patch.name, patch.input, patch.call_id) == ("custom_tool_call", "apply_patch", "*** Begin Patch\n", "toolu_a")
+    assert (lookup.type, lookup.name, lookup.namespace) == ("function_call", "lookup", "crm")
+    # and back: the calls go out under the provider's names again
+    anthropic_fake.enqueue(json=anth_message([{"type": "text", "text": "done"}]))
+    oai.responses.create(model=CLAUDE, previous_response_id=r.id, tools=tools, input=[
+        {"type": "custom_tool_call_output", "call_id": "toolu_a", "output": "patched"},
+        {"type": "function_call_output", "call_id": "toolu_b", "output": "found"}])
+    assistant = anthropic_fake.last["body"]["messages"][1]["content"]
+    assert [(b["name"], b["input"]) for b in assistant] == [("apply_patch", {"input": "*** Begin Patch\n"}),
+                                                            ("crm__lookup", {"email": "a@b.c"})]
+
+
+def test_built_in_tool_refused_for_anthropic(gateway, anthropic_fake, oai):
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.responses.create(model=CLAUDE, input="news?", tools=[{"type": "web_search"}])
+    assert "'web_search'" in e.value.message and e.value.body["param"] == "tools[0]"
+    assert anthropic_fake.requests == []
+
+
+def test_structured_output_parse_to_anthropic(gateway, anthropic_fake, oai):
+    class City(pydantic.BaseModel):
+        name: str
+        population: int
+
+    anthropic_fake.enqueue(json=anth_message([{"type": "text", "text": '{"name": "Rome", "population": 2800000}'}]))
+    r = oai.responses.parse(model=CLAUDE, input="Largest city in Italy?", text_format=City)
+    assert r.output_parsed == City(name="Rome", population=2800000)
+    fmt = anthropic_fake.last["body"]["output_config"]["format"]
+    assert fmt["type"] == "json_schema" and fmt["schema"]["required"] == ["name", "population"]
+
+
+def test_anthropic_stream_thinking_and_tool(gateway, anthropic_fake, oai):
+    anthropic_fake.enqueue(sse=vector("anthropic/stream_thinking_then_tool_use.sse"))
+    events = raw_stream(gateway, model=CLAUDE, input="Weather in Florence?", tools=[{**WEATHER[0], "name": "weather"}])
+    check_sequence(events)
+    final = events[-1]["response"]
+    assert events[-1]["type"] == "response.completed"
+    assert [i["type"] for i in final["output"]] == ["reasoning", "function_call"]
+    assert final["output"][0]["encrypted_content"] and final["output"][0]["summary"][0]["text"].startswith("The user")
+    # the same sequence OpenAI sends for this output
+    assert [e["type"] for e in events] == [e["type"] for e in responses_events(final, pieces=1)] or \
+        [e["type"] for e in events if "delta" not in e["type"]] == \
+        [e["type"] for e in responses_events(final) if "delta" not in e["type"]]
+    assert final["usage"]["input_tokens"] == 424
+
+
+def test_anthropic_stream_with_sdk_helper(gateway, anthropic_fake, oai):
+    anthropic_fake.enqueue(sse=vector("anthropic/stream_text.sse"))
+    with oai.responses.stream(model=CLAUDE, input="Hi") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert final.output_text == "".join(deltas) and final.output_text
+    assert oai.responses.retrieve(final.id).output_text == final.output_text
+
+
+def test_anthropic_midstream_error_fails_the_response(gateway, anthropic_fake):
+    anthropic_fake.enqueue(sse=vector("anthropic/stream_error_midstream_overloaded.sse"))
+    events = raw_stream(gateway, model=CLAUDE, input="Hi")
+    assert events[-1]["type"] == "response.failed" and "verloaded" in events[-1]["response"]["error"]["message"]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+def test_anthropic_stream_cut_short_fails(gateway, anthropic_fake):
+    sse = vector("anthropic/stream_text.sse")
+    anthropic_fake.enqueue(sse=sse, close_after=len(sse.encode()) // 2)
+    events = raw_stream(gateway, model=CLAUDE, input="Hi")
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["status"] == "failed"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+def test_anthropic_error_in_responses_shape(gateway, anthropic_fake, oai):
+    anthropic_fake.enqueue(429, body=vector("anthropic/error_429_rate_limit.json"))
+    with pytest.raises(openai.RateLimitError) as e:
+        oai.responses.create(model=CLAUDE, input="Hi")
+    assert e.value.body["type"] == "requests"
+
+
+# --- OpenAI-compatible (chat) models: translated ----------------------------------------------
+
+def test_chat_request_and_parallel_calls(gateway, ollama_fake, oai):
+    ollama_fake.enqueue(json=vector_json("openai/chat_completion_parallel_tool_calls.json"))
+    r = oai.responses.create(
+        model=LLAMA, instructions="Be brief.", input="Weather in two cities?", tools=WEATHER, max_output_tokens=50,
+        reasoning={"effort": "low"}, tool_choice={"type": "function", "name": "get_weather"},
+        text={"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}, "strict": True}})
+    sent = ollama_fake.last["body"]
+    assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in two cities?"}]
+    assert sent["max_tokens"] == 50 and sent["reasoning_effort"] == "low"
+    assert sent["tools"][0] == {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER[0]["parameters"],
+                                                                "description": "Weather for a city."}}
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["response_format"] == {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}, "strict": True}}
+    calls = [i for i in r.output if i.type == "function_call"]
+    expected = vector_json("openai/chat_completion_parallel_tool_calls.json")["choices"][0]["message"]["tool_calls"]
+    assert [c.call_id for c in calls] == [c["id"] for c in expected]
+    assert len({c.id for c in calls}) == len(calls)
+
+    ollama_fake.enqueue(json=oai_completion({"content": "Both sunny."}))
+    oai.responses.create(model=LLAMA, previous_response_id=r.id, tools=WEATHER, input=[
+        {"type": "function_call_output", "call_id": c.call_id, "output": "sunny"} for c in calls])
+    messages = ollama_fake.last["body"]["messages"]
+    assert messages[0] == {"role": "user", "content": "Weather in two cities?"}   # instructions are not carried over
+    assert [c["id"] for c in messages[1]["tool_calls"]] == [c["id"] for c in expected]
+    assert [(m["role"], m["tool_call_id"]) for m in messages[2:]] == [("tool", c["id"]) for c in expected]
+
+
+def test_chat_stream_parallel_calls(gateway, ollama_fake):
+    ollama_fake.enqueue(sse=vector("openai/stream_parallel_tool_calls_with_usage.sse"))
+    events = raw_stream(gateway, model=LLAMA, input="Weather?", tools=WEATHER)
+    check_sequence(events)
+    final = events[-1]["response"]
+    calls = final["output"]
+    assert [c["type"] for c in calls] == ["function_call"] * len(calls) and len(calls) >= 2
+    assert len({c["call_id"] for c in calls}) == len(calls)
+    assert [e["output_index"] for e in events if e["type"] == "response.output_item.added"] == list(range(len(calls)))
+    for c in calls:
+        json.loads(c["arguments"])
+    assert final["usage"]["input_tokens"] > 0
+    assert ollama_fake.last["body"]["stream_options"] == {"include_usage": True}
+
+
+def test_chat_stream_with_sdk(gateway, ollama_fake, oai):
+    with oai.responses.stream(model=LLAMA, input="Hi") as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text == final.output_text == f"Hello from {LLAMA}!"
+    assert final.usage.output_tokens == 3
+
+
+# --- stored responses --------------------------------------------------------------------------
+
+def test_chain_survives_model_switches(gateway, anthropic_fake, ollama_fake, openai_fake, oai):
+    r1 = oai.responses.create(model=CLAUDE, input="one")
+    r2 = oai.responses.create(model=LLAMA, input="two", previous_response_id=r1.id)
+    r3 = oai.responses.create(model=GPT, input="three", previous_response_id=r2.id)
+    assert ollama_fake.last["body"]["messages"] == [
+        {"role": "user", "content": "one"}, {"role": "assistant", "content": f"Hello from {CLAUDE}!"},
+        {"role": "user", "content": "two"}]
+    sent = openai_fake.last["body"]
+    assert "previous_response_id" not in sent
+    texts = [(i["role"], i["content"] if isinstance(i["content"], str) else i["content"][0]["text"]) for i in sent["input"]]
+    assert texts == [("user", "one"), ("assistant", f"Hello from {CLAUDE}!"), ("user", "two"),
+                     ("assistant", f"Hello from {LLAMA}!"), ("user", "three")]
+    assert r3.output_text == f"Hello from {GPT}!"
+    items = oai.responses.input_items.list(r2.id)
+    assert [i.content[0].text for i in items.data] == ["two"]
+    assert oai.responses.retrieve(r1.id).output_text == f"Hello from {CLAUDE}!"
+
+
+def test_get_delete_and_unknown_ids(gateway, oai):
+    r = oai.responses.create(model=CLAUDE, input="keep me")
+    assert oai.responses.retrieve(r.id).id == r.id
+    oai.responses.delete(r.id)
+    for call in (lambda: oai.responses.retrieve(r.id), lambda: oai.responses.delete(r.id),
+                 lambda: oai.responses.input_items.list(r.id)):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    with pytest.raises(openai.NotFoundError) as e:
+        oai.responses.create(model=CLAUDE, input="again", previous_response_id=r.id)
+    assert e.value.body["code"] == "previous_response_not_found" and e.value.body["param"] == "previous_response_id"
+
+
+def test_store_false_keeps_nothing(gateway, oai):
+    r = oai.responses.create(model=LLAMA, input="forget me", store=False)
+    assert r.store is False
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.retrieve(r.id)
+
+
+def test_unknown_previous_id_for_openai_goes_to_openai(gateway, openai_fake, oai):
+    """An id the gateway never stored may be OpenAI's own: OpenAI answers for it."""
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.responses.create(model=GPT, input="x", previous_response_id="resp_nope")
+    assert e.value.body["code"] == "previous_response_not_found"
+    assert openai_fake.last["body"]["previous_response_id"] == "resp_nope"
+
+
+def test_bad_requests_in_responses_shape(gateway, oai):
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.responses.create(model=CLAUDE, input=[{"type": "message", "role": "robot", "content": "x"}])
+    assert e.value.body["param"].startswith("input") and "robot" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.responses.create(model=CLAUDE, input=[{"type": "web_search_call", "id": "ws_1", "status": "completed"}])
+    assert "'web_search_call'" in e.value.message
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.create(model="no-such-model", input="x")
+    status, _, body = raw_post(gateway, "/v1/responses", {"model": CLAUDE, "input": "x", "background": True})
+    assert status == 400 and json.loads(body)["error"]["param"] == "background"
+
+
+def test_store_is_bounded(openai_fake, anthropic_fake, ollama_fake):
+    config = gateway_config(openai_fake.url, anthropic_fake.url, ollama_fake.url)
+    config["state"] = {"responses": {"max_entries": 2, "ttl": "1h"}}
+    gw = start_gateway(config, env=GATEWAY_ENV)
+    try:
+        with openai_client(gw) as client:
+            ids = [client.responses.create(model=LLAMA, input=str(n)).id for n in range(3)]
+            with pytest.raises(openai.NotFoundError):
+                client.responses.retrieve(ids[0])
+            assert [client.responses.retrieve(i).id for i in ids[1:]] == ids[1:]
+    finally:
+        gw.stop()
