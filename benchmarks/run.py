@@ -37,6 +37,7 @@ ROOT = HERE.parent
 LITELLM_VERSION = "1.93.0"  # pinned; never 1.82.7 / 1.82.8
 LITELLM_VENV = HERE / ".venv-litellm"
 
+SYSTEM_TEXT = "You are a helpful assistant that answers briefly."
 CANNED_OPENAI = {
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 1727346142, "model": "gpt-4o-mini-2024-07-18",
     "choices": [{"index": 0, "message": {"role": "assistant", "content":
@@ -50,8 +51,20 @@ CANNED_ANTHROPIC = {
                  "It is sunny and 18 degrees Celsius in San Francisco today, with a light breeze."}],
     "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 31, "output_tokens": 19}}
 
+CANNED_RESPONSE = {
+    "id": "resp_bench", "object": "response", "created_at": 1741476542, "status": "completed", "error": None,
+    "incomplete_details": None, "instructions": SYSTEM_TEXT, "max_output_tokens": 256, "model": "gpt-4o-mini-2024-07-18",
+    "output": [{"id": "msg_bench", "type": "message", "status": "completed", "role": "assistant", "content": [
+        {"type": "output_text", "text": "It is sunny and 18 degrees Celsius in San Francisco today, with a light breeze.",
+         "annotations": [], "logprobs": []}]}],
+    "parallel_tool_calls": True, "previous_response_id": None, "reasoning": {"effort": None, "summary": None},
+    "store": False, "temperature": 0.7, "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
+    "top_p": 1.0, "truncation": "disabled", "usage": {"input_tokens": 31, "input_tokens_details": {"cached_tokens": 0},
+                                                      "output_tokens": 19, "output_tokens_details": {"reasoning_tokens": 0},
+                                                      "total_tokens": 50}, "user": None, "metadata": {}}
+
 QUESTION = "What is the weather like in San Francisco today? Answer in one sentence."
-SYSTEM = "You are a helpful assistant that answers briefly."
+SYSTEM = SYSTEM_TEXT
 
 
 def openai_body(model, stream=False):
@@ -65,9 +78,16 @@ def anthropic_body(model, stream=False):
     return {**body, "stream": True} if stream else body
 
 
+def responses_body(model, stream=False):
+    """A Responses request; store false: measured is the translation, not the state store."""
+    body = {"model": model, "instructions": SYSTEM, "input": QUESTION, "temperature": 0.7, "max_output_tokens": 256,
+            "store": False}
+    return {**body, "stream": True} if stream else body
+
+
 OPENAI_HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-client"}
 ANTHROPIC_HEADERS = {"Content-Type": "application/json", "x-api-key": "sk-client", "anthropic-version": "2023-06-01"}
-OAI, ANT = "/v1/chat/completions", "/v1/messages"
+OAI, ANT, RESP = "/v1/chat/completions", "/v1/messages", "/v1/responses"
 
 
 # --------------------------------------------------------------------------- processes
@@ -218,6 +238,7 @@ http {{
     default_type application/json;
     location = {OAI} {{ return 200 '{nginx_escape(CANNED_OPENAI)}'; }}
     location = {ANT} {{ return 200 '{nginx_escape(CANNED_ANTHROPIC)}'; }}
+    location = {RESP} {{ return 200 '{nginx_escape(CANNED_RESPONSE)}'; }}
     location = /healthz {{ return 200 'ok'; }}
   }}
 }}
@@ -360,6 +381,11 @@ llm_providers:
     access_key: sk-bench
     base_url: http://127.0.0.1:{nginx}
   - model: anthropic/claude-3-5-sonnet-20241022
+    access_key: sk-bench
+    base_url: http://127.0.0.1:{nginx}
+  - model: chatcompat/gpt-4o-mini     # the same nginx, reached as an OpenAI-compatible chat server
+    name: chat-mini
+    provider_interface: openai
     access_key: sk-bench
     base_url: http://127.0.0.1:{nginx}
   - model: openai/stream-model
@@ -709,6 +735,13 @@ def main():
                           "claude-3-5-sonnet-20241022", "claude-stream", "direct nginx (Anthropic)"),
                          (f"{label} Anthropic→OpenAI (cross)", url, p, ANT, anthropic_body, ANTHROPIC_HEADERS,
                           "gpt-4o-mini", "stream-model", "direct nginx (OpenAI)")]
+                if label == "gateway":  # Responses: passed through to OpenAI, translated to chat and to Anthropic
+                    rows += [("gateway Responses→OpenAI", url, p, RESP, responses_body, OPENAI_HEADERS, "gpt-4o-mini",
+                              None, "direct nginx (OpenAI)"),
+                             ("gateway Responses→chat (cross)", url, p, RESP, responses_body, OPENAI_HEADERS, "chat-mini",
+                              None, "direct nginx (OpenAI)"),
+                             ("gateway Responses→Anthropic (cross)", url, p, RESP, responses_body, OPENAI_HEADERS,
+                              "claude-3-5-sonnet-20241022", None, "direct nginx (Anthropic)")]
             elif res.get(f"{label}_skipped"):
                 rows.append((label, None) + (None,) * 7)  # a "skipped" row in its place
 
@@ -719,7 +752,8 @@ def main():
             name, url, p, path, body_fn, headers, model = row[:7]
             if url is None:
                 res["rows"][name] = {"skipped": "did not become healthy: " + res[f"{name}_skipped"].splitlines()[0]}
-            elif why := probe(url + path, body_fn(model), headers, b"chat.completion" if path == OAI else b'"message"'):
+            elif why := probe(url + path, body_fn(model), headers,
+                              {OAI: b"chat.completion", ANT: b'"message"', RESP: b'"response"'}[path]):
                 print(f"# {name} skipped: {why}", file=sys.stderr)
                 res["rows"][name] = {"skipped": why.splitlines()[0][:120]}
             else:
@@ -767,7 +801,7 @@ def main():
             srows = [("direct SSE (OpenAI)", sse_url, None, OAI, openai_body, OPENAI_HEADERS, "gpt-4o-mini", None),
                      ("direct SSE (Anthropic)", sse_url, None, ANT, anthropic_body, ANTHROPIC_HEADERS, "claude", None)]
             srows += [(name, url, p, path, fn, h, smodel, "direct SSE (OpenAI)" if direct.endswith("(OpenAI)") else "direct SSE (Anthropic)")
-                      for name, url, p, path, fn, h, _, smodel, direct in rows if direct]
+                      for name, url, p, path, fn, h, _, smodel, direct in rows if direct and smodel]
             timeout = 30 + 3 * args.stream_tokens * args.stream_delay_ms / 1000
             for name, url, p, path, fn, h, model, direct in srows:
                 if "skipped" in res["rows"].get(name, {}):
