@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 
+import anthropic
 import openai
 import pydantic
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 
-from conftest import GATEWAY_ENV, gateway_config, openai_client, start_gateway
-from fakes import named_sse, parse_sse, responses_events, vector, vector_json
+from conftest import GATEWAY_ENV, anthropic_client, gateway_config, openai_client, start_gateway
+from fakes import Turn, parse_sse, responses_events, vector, vector_json
 from translate_util import CLAUDE, GPT, LLAMA, anth_message, anth_sse, oai_completion, raw_post
 
 VECTORS = "openai_responses"
@@ -403,3 +404,59 @@ def test_store_is_bounded(openai_fake, anthropic_fake, ollama_fake):
             assert [client.responses.retrieve(i).id for i in ids[1:]] == ids[1:]
     finally:
         gw.stop()
+
+
+# --- the reverse: Chat Completions clients of models served only by the Responses API -----------
+
+CODEX = "gpt-5-codex"   # responses_only in rules/models.yaml
+
+
+@pytest.fixture(scope="module")
+def codex_gateway(openai_fake, anthropic_fake, ollama_fake):
+    config = gateway_config(openai_fake.url, anthropic_fake.url, ollama_fake.url)
+    config["llm_providers"].append({"model": f"openai/{CODEX}", "access_key": "$OPENAI_API_KEY",
+                                    "base_url": openai_fake.url})
+    gw = start_gateway(config, env=GATEWAY_ENV)
+    yield gw
+    gw.stop()
+
+
+def test_chat_client_reaches_responses_only_model(codex_gateway, openai_fake):
+    openai_fake.script(lambda req: Turn(tool_calls=[("get_weather", {"location": "Rome"})]))
+    with openai_client(codex_gateway) as client:
+        out = client.chat.completions.create(
+            model=CODEX, max_tokens=100, reasoning_effort="low", tools=[{"type": "function", "function": {
+                "name": "get_weather", "parameters": WEATHER[0]["parameters"]}}],
+            messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Rome?"},
+                      {"role": "assistant", "content": None, "tool_calls": [
+                          {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+                      {"role": "tool", "tool_call_id": "call_0", "content": "try again"}])
+    sent = openai_fake.last
+    assert sent["path"] == "/v1/responses"
+    assert sent["body"]["input"] == [
+        {"type": "message", "role": "developer", "content": "Be brief."},
+        {"type": "message", "role": "user", "content": "Weather in Rome?"},
+        {"type": "function_call", "call_id": "call_0", "name": "get_weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_0", "output": "try again"}]
+    assert sent["body"]["max_output_tokens"] == 100 and sent["body"]["reasoning"] == {"effort": "low"}
+    assert sent["body"]["tools"] == [{"type": "function", "name": "get_weather", "parameters": WEATHER[0]["parameters"]}]
+    assert out.choices[0].finish_reason == "tool_calls"
+    call = out.choices[0].message.tool_calls[0]
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"location": "Rome"})
+    assert out.usage.prompt_tokens > 0
+
+
+def test_chat_stream_from_responses_only_model(codex_gateway, openai_fake):
+    with openai_client(codex_gateway) as client:
+        chunks = list(client.chat.completions.create(model=CODEX, stream=True, stream_options={"include_usage": True},
+                                                     messages=[{"role": "user", "content": "Hi"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"Hello from {CODEX}!"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage.completion_tokens == 3
+    assert openai_fake.last["body"]["stream"] is True
+
+
+def test_anthropic_client_of_responses_only_model_is_told(codex_gateway, anthropic_fake):
+    with anthropic_client(codex_gateway) as client, pytest.raises(anthropic.BadRequestError) as e:
+        client.messages.create(model=CODEX, max_tokens=10, messages=[{"role": "user", "content": "Hi"}])
+    assert "Responses API" in e.value.message

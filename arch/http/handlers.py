@@ -232,7 +232,15 @@ class Chat(Base):
             raise GatewayError(400, f"the request body is not valid JSON ({e}; content-type: {ctype})") from None
 
     def _endpoint(self, target):
-        """(URL, dialect) of the provider endpoint this handler's requests go to."""
+        """(URL, dialect) of the provider endpoint this handler's requests go to: the
+        target's own, or its Responses API for a model served only there (rules/models.yaml)."""
+        native = target.native.get("responses")
+        if native is not None:
+            rules = self.runtime.rules
+            facts = rules.models.get(target.model)
+            if facts is not None and "responses_only" in facts.capabilities \
+                    and (self.dialect, "responses") in rules.translations:
+                return native[0], "responses"
         return target.url, target.dialect
 
     def _upstream_request(self, client, body, target, pristine=True):

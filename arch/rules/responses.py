@@ -446,6 +446,64 @@ def close_item(opened, tools):
     return {**done, "id": item["id"]}
 
 
+# --- the reverse: Chat Completions clients of models served only by the Responses API ------
+
+def _input_part(part, where):
+    kind = part.get("type")
+    if kind == "text":
+        return {"type": "input_text", "text": part.get("text") or ""}
+    if kind == "image_url":
+        image = part.get("image_url") or {}
+        return {"type": "input_image", "image_url": image.get("url"), "detail": image.get("detail") or "auto"}
+    if kind == "file":
+        return {"type": "input_file", **{k: v for k, v in (part.get("file") or {}).items()
+                                         if k in ("file_data", "file_id", "filename")}}
+    raise GatewayError(400, f"content part type '{kind}' cannot be sent to a Responses-only model", where)
+
+
+def items_from_chat(messages):
+    """Chat Completions messages as Responses input items (calls and results by id)."""
+    items = []
+    for n, m in enumerate(messages):
+        role, content, where = m.get("role"), m.get("content"), f"messages[{n}]"
+        if role == "tool":
+            items.append({"type": "function_call_output", "call_id": m.get("tool_call_id"),
+                          "output": content if isinstance(content, str) else _text(
+                              [{**p, "type": "input_text"} for p in content or () if p.get("type") == "text"])})
+        elif role == "assistant":
+            text = content if isinstance(content, str) else "".join(
+                p.get("text") or "" for p in content or () if p.get("type") == "text")
+            if text:
+                items.append({"type": "message", "role": "assistant", "content": text})
+            for call in m.get("tool_calls") or ():
+                fn = call.get("function") or {}
+                args = fn.get("arguments")
+                items.append({"type": "function_call", "call_id": call.get("id"), "name": fn.get("name"),
+                              "arguments": args if isinstance(args, str) else to_json(args or {})})
+        else:
+            parts = content if isinstance(content, str) else [
+                _input_part(p, f"{where}.content[{k}]") for k, p in enumerate(content or ())]
+            items.append({"type": "message", "role": "developer" if role == "system" else role, "content": parts})
+    return items
+
+
+def chat_message_from_output(output):
+    """A Response's output items as one chat.completion message."""
+    text = "".join(p.get("text") or "" for item in output or () if item.get("type") == "message"
+                   for p in item.get("content") or () if p.get("type") == "output_text")
+    reasoning = "".join(p.get("text") or "" for item in output or () if item.get("type") == "reasoning"
+                        for p in item.get("summary") or ())
+    calls = [{"id": item.get("call_id"), "type": "function",
+              "function": {"name": item.get("name"), "arguments": item.get("arguments") or "{}"}}
+             for item in output or () if item.get("type") == "function_call"]
+    message = {"role": "assistant", "content": text or None, "refusal": None}
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
 class ResponsesFunctions:
     """The functions above as JMESPath functions (mixed into every rules file's function set)."""
 
@@ -504,3 +562,11 @@ class ResponsesFunctions:
     @_f.signature({"types": ["array"]}, {"types": []})
     def _func_append(self, items, item):
         return [*items, item]
+
+    @_f.signature({"types": ["array"]})
+    def _func_items_from_chat(self, messages):
+        return items_from_chat(messages)
+
+    @_f.signature({"types": ["array", "null"]})
+    def _func_chat_message_from_output(self, output):
+        return chat_message_from_output(output)
