@@ -108,9 +108,11 @@ def test_user_rules_override_the_builtin_facts(limited, openai_fake):
     assert openai_fake.last["body"]["max_tokens"] == 100
 
 
-def test_responses_only_model_is_refused_on_chat_completions(limited, openai_fake):
-    with openai_client(limited) as client, pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="o3-pro", messages=USER)
+def test_responses_only_model_is_refused_without_a_translation(limited, openai_fake):
+    """Anthropic clients have no way into the Responses API (Chat Completions clients do:
+    tests/test_responses.py)."""
+    with anthropic_client(limited) as client, pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model="o3-pro", max_tokens=10, messages=USER)
     assert "Responses API" in info.value.message
     assert openai_fake.requests == []
 
