@@ -158,6 +158,7 @@ class Chat(Base):
     client_gone = False
     _tail = None  # timer closing an upstream response that lingers after the stream ended
     keeps_answers = False  # a handler that stores answers (Responses) defines `keep`
+    _kept = None           # the task storing a stream's answer before the client's response ends
 
     def prepare(self):
         super().prepare()
@@ -323,12 +324,15 @@ class Chat(Base):
             relay = (Translate(translation.stream, ctx, client, provider)
                      if translation else Passthrough(client, strip=ask_usage))
         self.exchange = exchange = _Exchange(self, client, provider, relay)
+        self._keeping = (body, target)
         self.set_header("x-arch-upstream-model", target.model)
         if not await self._send(target, url, data, exchange):
             return
         if exchange.committed:
-            if exchange.end() and self.keeps_answers and relay.result is not None:
-                await self.keep(relay.result, body, target)
+            if exchange.end() and self.keeps_answers and self._kept is None and relay.result is not None:
+                self.stream_answered(relay.result)
+            if self._kept is not None:
+                await self._kept
             exchange.close()
         elif 200 <= self.call.status < 300:
             raw = b"".join(exchange.buffer)
@@ -381,6 +385,18 @@ class Chat(Base):
                 self._tail = None
             report.UPSTREAM.labels(target.provider, target.model).observe(time.perf_counter() - started)
         return not self.client_gone
+
+    def stream_answered(self, answer):
+        """A stream's final answer (Responses): stored first, then the client's response
+        is finished, so a next request that names it finds it."""
+        async def keep_then_finish():
+            try:
+                await self.keep(answer, *self._keeping)
+            except Exception:  # a store that fails must not leave the stream open
+                log.exception("%s: the answer could not be stored", self.request_id)
+            finally:
+                self.exchange.close()
+        self._kept = asyncio.ensure_future(keep_then_finish())
 
     def stream_ended(self):
         """The rules ended the stream: the client's response is finished now (a 200, even
@@ -470,8 +486,12 @@ class _Exchange:
             self.handler.call.cancel(UpstreamError("closed", str(e)))
             return
         if self.relay.ended:
-            self._close()
-            self.handler.stream_ended()
+            h = self.handler
+            if h.keeps_answers and self.relay.result is not None:
+                h.stream_answered(self.relay.result)
+            else:
+                self.close()
+            h.stream_ended()
 
     def _write(self, data):
         h = self.handler
