@@ -7,6 +7,7 @@ plays the NAT or load balancer that forgets an idle connection without a word
 an HTTP proxy it records what the gateway asked of it.
 """
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -112,16 +113,18 @@ def test_no_proxy_bypasses_the_proxy(openai_fake):
 
 
 def test_a_proxy_that_is_down_is_a_502_naming_it(openai_fake):
-    proxy = FakeProxy().start()
-    proxy.stop()  # nothing listens there any more
-    gw = start_gateway(config(openai_fake.url), env={**GATEWAY_ENV, "HTTP_PROXY": proxy.url, "NO_PROXY": ""})
-    try:
-        with openai_client(gw) as client, pytest.raises(openai.InternalServerError) as info:
-            client.chat.completions.create(model="gpt-4o-mini", messages=USER)
-        assert info.value.status_code == 502
-        assert f"through the proxy 127.0.0.1:{proxy.port}" in info.value.message
-    finally:
-        gw.stop()
+    with socket.socket() as dead:  # bound, never listening: connections are refused, and the port stays ours
+        dead.bind(("127.0.0.1", 0))
+        port = dead.getsockname()[1]
+        gw = start_gateway(config(openai_fake.url),
+                           env={**GATEWAY_ENV, "HTTP_PROXY": f"http://127.0.0.1:{port}", "NO_PROXY": ""})
+        try:
+            with openai_client(gw) as client, pytest.raises(openai.InternalServerError) as info:
+                client.chat.completions.create(model="gpt-4o-mini", messages=USER)
+            assert info.value.status_code == 502
+            assert f"through the proxy 127.0.0.1:{port}" in info.value.message
+        finally:
+            gw.stop()
 
 
 def test_user_agent_is_the_gateways_not_the_clients(gateway, oai, openai_fake, anthropic_fake):
