@@ -95,7 +95,7 @@ def structured(answer: dict):
     return respond
 
 
-@pytest.mark.parametrize("method", ["function_calling"])
+@pytest.mark.parametrize("method", ["json_schema", "function_calling"])
 def test_with_structured_output(chat, method):
     llm, _, fake = chat
     fake.script(structured({"name": "Ada", "age": 36}))
