@@ -260,3 +260,60 @@ def oai(gateway):
 def anth(gateway):
     with anthropic_client(gateway) as client:
         yield client
+
+
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def redis_prefix():
+    """A fresh key prefix on the shared Redis (127.0.0.1:6379); its keys are deleted afterwards."""
+    prefix = f"archtest-{os.urandom(6).hex()}"
+    yield prefix
+    out = subprocess.run(["redis-cli", "-p", "6379", "--scan", "--pattern", f"*{prefix}*"],
+                         capture_output=True, text=True).stdout.split()
+    for i in range(0, len(out), 500):
+        subprocess.run(["redis-cli", "-p", "6379", "DEL", *out[i:i + 500]], capture_output=True)
+
+
+class RedisServer:
+    """A redis-server of a test's own on an ephemeral port, to stop, pause and restart
+    (never the shared one on 6379)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def pause(self):
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def own_redis():
+    server = RedisServer().start()
+    yield server
+    server.stop()
