@@ -60,7 +60,7 @@ def _up(args):
     _use_uvloop()
 
     try:
-        gateway = Gateway(args.config, args.rules)
+        gateway = Gateway(args.config, args.rules, args.workers)
     except ConfigError as e:
         print(f"{args.config}: cannot start, {len(e.problems)} problem(s):", *(f"  {p}" for p in e.problems),
               sep="\n", file=sys.stderr)

@@ -19,7 +19,7 @@ from arch.errors import ConfigError
 
 VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 UNSUPPORTED = ("agents", "endpoints", "overrides", "system_prompt", "prompt_targets", "prompt_guards",
-               "ratelimits", "routing", "mode", "state_storage", "state_storage_v1_responses")
+               "routing", "mode", "state_storage", "state_storage_v1_responses")
 # provider_interface values of the original Arch schema that name a provider differently here
 INTERFACE_ALIASES = {"claude": "anthropic", "arch": "openai_compatible", "openai": "openai_compatible"}
 
@@ -65,7 +65,11 @@ class Config:
     providers: list
     aliases: dict                     # alias -> (target, *fallbacks)
     rules_dirs: list = field(default_factory=list)
-    state: dict = field(default_factory=dict)   # {responses: {max_entries, max_bytes, ttl}}
+    gateway_keys: list = field(default_factory=list)  # entries as written, `key` expanded, `where` added
+    admin_key: str | None = None
+    state: dict = field(default_factory=dict)   # {responses: {...}, redis, prefix, timeout}; no redis: in memory
+    fail_open: bool = True                             # on_state_error
+    ratelimits: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     problems: list = field(default_factory=list)  # broken entries left out; build() reports them with the rest
 
@@ -166,6 +170,28 @@ def load_config(path):
             fallbacks=tuple(entry.get("fallbacks") or ()), policy=_policy(entry, listener_policy),
             extra={k: v for k, v in entry.items() if k not in PROVIDER_KEYS}))
 
+    gateway_keys = []
+    for n, entry in enumerate(raw.get("gateway_keys") or ()):
+        entry = {**entry, "where": f"{where}: gateway_keys[{n}]"}
+        if "key" in entry:
+            entry["key"], missing = expand(entry["key"], env)
+            if missing:
+                warnings.append(f"{entry['where']}.key: environment variable {missing[0]} is not set;"
+                                f" key {entry['name']!r} is refused until it is")
+                continue
+        gateway_keys.append(entry)
+    admin_key = None
+    if "admin_key" in raw:
+        admin_key, missing = expand(raw["admin_key"], env)
+        if missing:
+            warnings.append(f"{where}: admin_key: environment variable {missing[0]} is not set;"
+                            " /metrics and /v1/usage are refused until it is")
+    state = _state(raw.get("state") or {})
+    if "redis" in state:
+        state["redis"], missing = expand(state["redis"], env)
+        if missing:
+            unset.append(f"{where}: state.redis: environment variable {missing[0]} is not set")
+    state["timeout"] = parse_duration(state.get("timeout", "250ms"))
     if unset:
         raise ConfigError(unset)
     access = raw.get("access_log") or {}
@@ -178,7 +204,8 @@ def load_config(path):
                   tracing=raw.get("tracing"), access_log_file=access.get("file") and str(path.parent / access["file"]), log_content=bool(access.get("content")),
                   providers=providers, aliases=aliases,
                   rules_dirs=[str((path.parent / d).resolve()) for d in raw.get("rules") or ()], warnings=warnings,
-                  state=_state(raw.get("state") or {}),
+                  gateway_keys=gateway_keys, admin_key=admin_key or None, state=state,
+                  fail_open=raw.get("on_state_error", "fail_open") == "fail_open", ratelimits=raw.get("ratelimits") or [],
                   problems=problems)
 
 

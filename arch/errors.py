@@ -17,6 +17,7 @@ class GatewayError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}
+        self.kind = None         # a more precise error type where the dialect has one (insufficient_quota)
         self.body = None         # a provider's own error body, when it can go to the client as it is
         self.retryable = False   # worth another attempt at the same target
         self.fallback = False    # worth trying the next target

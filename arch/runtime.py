@@ -5,6 +5,10 @@ broken edit never replaces a working snapshot."""
 import os
 from dataclasses import dataclass
 
+import ipaddress
+
+from arch import state
+from arch.admit.gate import Admission
 from arch.config import Config, load_config
 from arch.errors import ConfigError
 from arch.route.resolve import Routes, make_target, provider_of
@@ -18,6 +22,7 @@ class Runtime:
     rules: RuleSet
     routes: Routes
     warnings: list
+    admission: Admission | None  # None: no keys, limits or shared state, nothing to check
 
     @property
     def secrets(self):
@@ -27,7 +32,15 @@ class Runtime:
         return sorted((k.encode() for k in keys), key=len, reverse=True)
 
 
-def build(config_path, rules_dirs=()):
+def _loopback(address):
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+def build(config_path, rules_dirs=(), shares=1):
+    """Everything a request needs; `shares` is the number of worker processes (see arch/state/memory.py)."""
     config = load_config(config_path)
     rules = load_rules([*config.rules_dirs, *rules_dirs])
     targets, warnings, unserved = [], list(config.warnings), set()
@@ -56,6 +69,16 @@ def build(config_path, rules_dirs=()):
         warnings.extend(f"{config.path}: {w}" for w in routes.warnings)
     except ConfigError as e:
         problems.extend(f"{config.path}: {p}" for p in e.problems)
+    admission = None
+    if not problems and (config.gateway_keys or config.ratelimits or config.state.get("redis")):
+        admission = Admission(config, routes, state.backend(config.state, shares))
+        if admission.keys is not None:
+            problems.extend(admission.keys.problems)
+            if admission.keys.admin is None:
+                warnings.append(f"{config.path}: gateway_keys without admin_key: /metrics and /v1/usage are refused")
+    if not config.gateway_keys and not _loopback(config.address):
+        warnings.append(f"{config.path}: no gateway_keys: anyone who can reach {config.address}:{config.port} "
+                        "may use the configured providers (add gateway_keys, or listen on 127.0.0.1)")
     if problems:
         raise ConfigError(problems)
-    return Runtime(config=config, rules=rules, routes=routes, warnings=warnings)
+    return Runtime(config=config, rules=rules, routes=routes, warnings=warnings, admission=admission)

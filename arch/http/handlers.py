@@ -22,6 +22,7 @@ from arch.errors import GatewayError
 from arch.rules.functions import estimate_tokens
 from arch.rules.stream import Passthrough, StreamBroken, Translate, find_usage
 from arch.observe.tracing import tracer
+from arch.state.redis import StateError
 from arch.upstream.client import Call, UpstreamError
 
 log = logging.getLogger("arch")
@@ -71,7 +72,7 @@ class Base(RequestHandler):
         if error.body is not None:  # a provider's error, already in this client's dialect
             return self.send_json(error.status, error.body)
         client = self.runtime.rules.dialects[self.dialect]
-        status, body = client.render_error(error.status, error.message, error.param, self.request_id)
+        status, body = client.render_error(error.status, error.message, error.param, self.request_id, error.kind)
         self.send_json(status, body)
 
     def _handle_request_exception(self, e):
@@ -117,6 +118,10 @@ class Models(Base):
     def get(self):
         routes = self.runtime.routes
         entries = [(t.name, t) for t in routes.targets] + [(a, routes.table[a][0]) for a in routes.aliases]
+        admission = self.runtime.admission
+        key = admission.authenticate(self.request.headers) if admission is not None else None
+        if key is not None and key.allowed is not None:  # only what this key may use
+            entries = [(name, t) for name, t in entries if name in key.allowed]
         if "anthropic-version" in self.request.headers:
             data = [{"type": "model", "id": name, "display_name": name if name == t.name else f"{name} -> {t.name}",
                      "created_at": "1970-01-01T00:00:00Z"} for name, t in entries]
@@ -132,16 +137,27 @@ class Metrics(Base):
     """GET /metrics: Prometheus text format (all workers' numbers under --workers N)."""
 
     def get(self):
+        if self.runtime.admission is not None:
+            self.runtime.admission.require_admin(self.request.headers)
         body, content_type = report.metrics_text()
         self.set_header("Content-Type", content_type)
         self.finish(body)
 
 
 class Usage(Base):
-    """GET /v1/usage: tokens and cost so far, by model and alias."""
+    """GET /v1/usage: requests, tokens and cost so far by key, model and alias: this
+    process's (all workers') counters, or with Redis every replica's since the totals began."""
 
-    def get(self):
-        self.send_json(200, report.usage_summary())
+    async def get(self):
+        admission = self.runtime.admission
+        amounts = None
+        if admission is not None:
+            admission.require_admin(self.request.headers)
+            try:
+                amounts = await admission.state.usage()
+            except StateError as e:
+                raise GatewayError(503, f"usage is kept in the shared state, which is unreachable ({e})") from None
+        self.send_json(200, report.usage_summary(report.counted_usage() if amounts is None else amounts))
 
 
 @stream_request_body
@@ -155,6 +171,7 @@ class Chat(Base):
 
     call = None
     exchange = None
+    ticket = None
     client_gone = False
     _tail = None  # timer closing an upstream response that lingers after the stream ended
     keeps_answers = False  # a handler that stores answers (Responses) defines `keep`
@@ -199,10 +216,15 @@ class Chat(Base):
                 report.STREAMS.dec()
                 self.record["usage"] = exchange.provider.usage(exchange.relay.usage)
             self.record["status"] = self.get_status() if self._finished else 499  # 499: the client left first
-            report.done(self.record, self.runtime.rules.prices, self.request.remote_ip,
-                         self.request.body.decode("utf-8", "replace") if self.runtime.config.log_content else None)
+            usd = report.done(self.record, self.runtime.rules.prices, self.request.remote_ip,
+                              self.request.body.decode("utf-8", "replace") if self.runtime.config.log_content else None)
+            if self.ticket is not None:
+                self.runtime.admission.settle(self.ticket, self.record, usd)
 
     async def _serve(self):
+        admission = self.runtime.admission
+        if admission is not None:
+            self.record["key"] = key = admission.authenticate(self.request.headers)
         body = self._body()
         self._note_model(body)
         client = self.runtime.rules.dialects[self.dialect]
@@ -212,6 +234,8 @@ class Chat(Base):
         route = self.runtime.routes.resolve(name)
         if name in self.runtime.routes.aliases:
             self.record["alias"] = name
+        if admission is not None:
+            self.ticket = await admission.admit(key, name, body, self.request.headers, self.dialect, self.request_id)
         await self._forward(client, body, route)
 
     def _note_model(self, body):
@@ -436,10 +460,15 @@ class CountTokens(Chat):
     dialect = "anthropic"
 
     async def _serve(self):
+        admission = self.runtime.admission
+        key = admission.authenticate(self.request.headers) if admission is not None else None
+        self.record["key"] = key
         body = self._body()
         self._note_model(body)
         schemas.check("anthropic_count_tokens.schema.yaml", body)
         target = self.runtime.routes.resolve(body["model"])[0]
+        if key is not None:  # counting is free: the key's models apply, its limits do not
+            admission.keys.permit(key, body["model"])
         self.record["provider"], self.record["model"] = target.provider, target.model
         if target.count_tokens_url is None:
             return self.send_json(200, {"input_tokens": estimate_tokens(body)})

@@ -34,9 +34,9 @@ class Gateway:
     """Holds the current Runtime snapshot and what outlives reloads (the
     connection pool, the in-flight count)."""
 
-    def __init__(self, config_path, rules_dirs=()):
-        self.config_path, self.rules_dirs = config_path, list(rules_dirs)
-        self.runtime = build(config_path, self.rules_dirs)
+    def __init__(self, config_path, rules_dirs=(), workers=1):
+        self.config_path, self.rules_dirs, self.workers = config_path, list(rules_dirs), workers
+        self.runtime = build(config_path, self.rules_dirs, workers)
         self.listening = (self.runtime.config.address, self.runtime.config.port)  # fixed until a restart
         tracer.configure(self.runtime.config.tracing)
         report.open_access_log(self.runtime.config.access_log_file)
@@ -74,7 +74,7 @@ class Gateway:
         """Swap in a freshly built Runtime; on any problem keep the old one."""
         seen = self._fingerprint()  # before reading: an edit made while building is seen by the next check
         try:
-            runtime = build(self.config_path, self.rules_dirs)
+            runtime = build(self.config_path, self.rules_dirs, self.workers)
         except ConfigError as e:
             log.error("reload rejected, still serving the previous configuration:\n  %s", "\n  ".join(e.problems))
             report.RELOADS.labels("failure").inc()

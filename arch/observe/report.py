@@ -5,7 +5,8 @@ Handlers fill a plain `record` dict as a request goes; `done` turns it into
 metrics, a log line and a span. Under `--workers N` the metrics live
 in prometheus_client's multiprocess files (PROMETHEUS_MULTIPROC_DIR, set by
 the CLI before this module is imported), so any worker answers a scrape with
-the sum of all of them, and `/v1/usage` is read from the same counters.
+the sum of all of them, and `/v1/usage` is read from the same counters (or,
+with Redis configured, from the totals every replica adds there).
 """
 import json
 import os
@@ -28,8 +29,9 @@ TTFT = Histogram("arch_time_to_first_token_seconds", "From request to the first 
                  ["dialect", "model", "provider", "stream"], buckets=TTFT_BUCKETS)
 UPSTREAM = Histogram("arch_upstream_duration_seconds", "Provider calls, each attempt",
                      ["provider", "model"], buckets=LATENCY_BUCKETS)
-TOKENS = Counter("arch_tokens_total", "Tokens by kind (input includes cached)", ["model", "alias", "provider", "kind"])
-COST = Counter("arch_cost_usd_total", "Cost in USD from rules/prices.yaml", ["model", "alias", "provider"])
+TOKENS = Counter("arch_tokens_total", "Tokens by kind (input includes cached)",
+                 ["model", "alias", "provider", "kind", "key"])
+COST = Counter("arch_cost_usd_total", "Cost in USD from rules/prices.yaml", ["model", "alias", "provider", "key"])
 RETRIES = Counter("arch_retries_total", "Attempts repeated on the same model", ["provider", "model"])
 FALLBACKS = Counter("arch_fallbacks_total", "Requests answered by a fallback", ["from_model", "to_model"])
 UPSTREAM_ERRORS = Counter("arch_upstream_errors_total", "Provider failures", ["provider", "model", "type"])
@@ -72,7 +74,7 @@ def new_record(endpoint, dialect):
     return {"time": time.time(), "start": time.perf_counter(), "endpoint": endpoint, "dialect": dialect,
             "requested_model": None, "alias": None, "provider": None, "model": None, "status": None,
             "stream": False, "ttft": None, "usage": None, "retries": 0, "fallback": None,
-            "bytes_in": 0, "bytes_out": 0, "error": None, "trace": None}
+            "bytes_in": 0, "bytes_out": 0, "error": None, "trace": None, "key": None}
 
 
 def cost(prices, model, usage):
@@ -87,7 +89,7 @@ def cost(prices, model, usage):
 
 
 def done(record, prices, client_address, log_content=None):
-    """Account for one finished request: metrics and the access-log line."""
+    """Account for one finished request: metrics and the access-log line; returns its cost in USD."""
     elapsed = time.perf_counter() - record["start"]
     model, provider, alias = record["model"] or "", record["provider"] or "", record["alias"] or ""
     status = str(record["status"])
@@ -98,12 +100,14 @@ def done(record, prices, client_address, log_content=None):
         TTFT.labels(record["dialect"], model, provider, stream).observe(record["ttft"])
     usage = record["usage"]
     usd = cost(prices, model, usage)
+    key = record["key"]
+    key_name = key.name if key else ""
     if usage:
         for kind in ("input", "output", "cached"):
             if usage.get(kind):
-                TOKENS.labels(model, alias, provider, kind).inc(usage[kind])
+                TOKENS.labels(model, alias, provider, kind, key_name).inc(usage[kind])
     if usd:
-        COST.labels(model, alias, provider).inc(usd)
+        COST.labels(model, alias, provider, key_name).inc(usd)
     if record["fallback"]:
         FALLBACKS.labels(record["fallback"], model).inc()
     if record["trace"]:
@@ -122,29 +126,42 @@ def done(record, prices, client_address, log_content=None):
             "retries": record["retries"], "fallback_from": record["fallback"], "bytes_in": record["bytes_in"],
             "bytes_out": record["bytes_out"], "client": client_address, "error": record["error"],
         }
+        if key is not None:  # its name and tags, never the key itself
+            line["key"] = key.name
+            if key.tags:
+                line["tags"] = key.tags
         if log_content is not None:
             line["content"] = log_content
         stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return usd
 
 
-def usage_summary():
-    """Tokens and cost by model and alias, read back from the counters."""
-    rows = {}
+def counted_usage():
+    """((key, model, alias, provider, kind), amount) from this process's (or all workers') counters."""
     for family in registry().collect():
         if family.name not in ("arch_tokens", "arch_cost_usd"):
             continue
         for sample in family.samples:
-            if not sample.name.endswith("_total"):
-                continue
-            labels = sample.labels
-            key = (labels["model"], labels["alias"], labels["provider"])
-            row = rows.setdefault(key, {"model": key[0], "alias": key[1] or None, "provider": key[2],
-                                        "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "cost_usd": 0.0})
-            if family.name == "arch_cost_usd":
-                row["cost_usd"] = round(row["cost_usd"] + sample.value, 8)
-            else:
-                row[f"{labels['kind']}_tokens"] += int(sample.value)
-    data = sorted(rows.values(), key=lambda r: (r["model"], r["alias"] or ""))
+            if sample.name.endswith("_total"):
+                labels = sample.labels
+                kind = "cost_usd" if family.name == "arch_cost_usd" else labels["kind"]
+                yield (labels["key"], labels["model"], labels["alias"], labels["provider"], kind), sample.value
+
+
+def usage_summary(amounts):
+    """Tokens and cost by key, model and alias, from `amounts` (counted_usage() or the shared state's)."""
+    rows = {}
+    for (key, model, alias, provider, kind), amount in amounts:
+        row = rows.setdefault((key, model, alias, provider), {
+            "key": key or None, "model": model, "alias": alias or None, "provider": provider,
+            "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "cost_usd": 0.0})
+        if kind == "cost_usd":
+            row["cost_usd"] = round(row["cost_usd"] + amount, 8)
+        elif kind == "requests":
+            row["requests"] = row.get("requests", 0) + int(amount)
+        else:
+            row[f"{kind}_tokens"] += int(amount)
+    data = sorted(rows.values(), key=lambda r: (r["key"] or "", r["model"], r["alias"] or ""))
     total = {k: sum(r[k] for r in data) for k in ("input_tokens", "output_tokens", "cached_tokens", "cost_usd")}
     total["cost_usd"] = round(total["cost_usd"], 8)
     return {"object": "usage", "data": data, "total": total}

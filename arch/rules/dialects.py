@@ -81,9 +81,9 @@ class Dialect:
         """The output-token fields of `body` above `limit`."""
         return [f for f in self.max_output if _is_number(body.get(f)) and body[f] > limit]
 
-    def render_error(self, status, message, param=None, request_id=None):
+    def render_error(self, status, message, param=None, request_id=None, kind=None):
         """(status, body) of an error in this dialect's envelope."""
-        root = {"status": status, "message": message, "param": param, "request_id": request_id}
+        root = {"status": status, "message": message, "param": param, "request_id": request_id, "kind": kind}
         root["status"] = status = self._error_status(root)
         return status, self._error_body(root)
 
