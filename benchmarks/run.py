@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -397,6 +398,28 @@ llm_providers:
 """
 
 
+def keys_config(port, nginx, sse, redis_url, prefix):
+    """The gateway config plus a gateway key (the benchmark's client key) with request and
+    token limits no run reaches, kept in Redis: the whole admission path, never refusing."""
+    return gateway_config(port, nginx, sse) + f"""gateway_keys:
+  - name: bench
+    key: sk-client
+    limits: {{requests_per_minute: 1000000000, tokens_per_minute: 1000000000000}}
+admin_key: bench-admin-key
+state: {{redis: "{redis_url}", prefix: {prefix}}}
+"""
+
+
+def redis_answers(url):
+    u = urllib.parse.urlsplit(url)
+    try:
+        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 def litellm_config(nginx, sse):
     entries = [("gpt-4o-mini", "openai/gpt-4o-mini", f"http://127.0.0.1:{nginx}/v1"),
                ("claude-3-5-sonnet-20241022", "anthropic/claude-3-5-sonnet-20241022", f"http://127.0.0.1:{nginx}"),
@@ -516,6 +539,12 @@ def targets(res):
         out.append(f"{c['streams']} concurrent streams, none stalled: {c['completed']} done, {c['stalled']} stalled — "
                    f"{ok(c['stalled'] == 0 and c['completed'] == c['streams'])}")
         out.append(f"added TTFT under 1 ms at low load: {st['added_ttft_ms']:.3f} ms — {ok(st['added_ttft_ms'] < 1)}")
+    keyed = rows.get("gateway+keys+limits (Redis) OpenAI→OpenAI", {})
+    if "lat" in keyed:
+        extra = keyed["lat"]["p50_ms"] - same["lat"]["p50_ms"]
+        out.append(f"keys + limits in Redis add at most 0.15 ms p50: {extra:.3f} ms — {ok(extra <= 0.15)}")
+        r = keyed["thr"]["rps"] / same["thr"]["rps"]
+        out.append(f"keys + limits in Redis keep at least 75% of req/s: {r:.0%} — {ok(r >= 0.75)}")
     if "rss_mb" in same:
         gw = res.get("rss_after", {}).get("gateway", {})
         rss, n = (gw["after"], gw["requests"]) if gw else (same["rss_mb"], None)
@@ -524,11 +553,11 @@ def targets(res):
     return out
 
 
-def start_gateway(procs, args, tmp, name, nginx_port, sse_port, extra=()):
-    """(base url, process) of a gateway with the benchmark config, or (None, reason)."""
+def start_gateway(procs, args, tmp, name, nginx_port, sse_port, extra=(), config=gateway_config):
+    """(base url, process) of a gateway with the benchmark config (or `config(port, nginx, sse)`), or (None, reason)."""
     port = free_port()
     cfg = tmp / f"{name}.yaml"
-    cfg.write_text(gateway_config(port, nginx_port, sse_port))
+    cfg.write_text(config(port, nginx_port, sse_port))
     p = procs.start(name, shlex.split(args.gateway_cmd.format(config=cfg)) + list(extra), cwd=ROOT)
     why = wait_healthy(p, f"http://127.0.0.1:{port}/healthz", args.gateway_wait)
     if why:
@@ -638,6 +667,8 @@ def main():
                     help="measure every non-streaming target N times, interleaved, and keep the median (noisy machine)")
     ap.add_argument("--no-gateway", action="store_true")
     ap.add_argument("--no-streams", action="store_true")
+    ap.add_argument("--no-keys", action="store_true", help="skip the gateway with keys and limits in Redis")
+    ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis for the keys+limits rows")
     ap.add_argument("--gateway-cmd", default=f"{sys.executable} -m arch up {{config}}",
                     help="command that starts the gateway ({config} = config path; default: python -m arch up)")
     ap.add_argument("--gateway-wait", type=float, default=10, help="seconds for /healthz to answer (default 10)")
@@ -699,6 +730,18 @@ def main():
                 res["gateway_skipped"] = p
             else:
                 gateway = (url, p)
+        keyed = None  # the same gateway with a key and limits checked in Redis on every request
+        redis_prefix = f"archbench-{os.getpid()}"
+        if not args.no_gateway and not args.no_keys:
+            if not redis_answers(args.redis):
+                res["gateway+keys+limits (Redis)_skipped"] = f"no Redis answers at {args.redis}"
+            else:
+                url, p = start_gateway(procs, args, tmp, "gateway-keys", nginx_port, sse_port, config=lambda port, n, s:
+                                       keys_config(port, n, s, args.redis, redis_prefix))
+                if url is None:
+                    res["gateway+keys+limits (Redis)_skipped"] = p
+                else:
+                    keyed = (url, p)
         litellm = None
         if args.litellm:
             exe = ensure_litellm()
@@ -744,6 +787,15 @@ def main():
                               "claude-3-5-sonnet-20241022", None, "direct nginx (Anthropic)")]
             elif res.get(f"{label}_skipped"):
                 rows.append((label, None) + (None,) * 7)  # a "skipped" row in its place
+        label = "gateway+keys+limits (Redis)"
+        if keyed:  # non-streaming only (no stream model)
+            url, p = keyed
+            rows += [(f"{label} OpenAI→OpenAI", url, p, OAI, openai_body, OPENAI_HEADERS, "gpt-4o-mini",
+                      None, "direct nginx (OpenAI)"),
+                     (f"{label} Anthropic→Anthropic", url, p, ANT, anthropic_body, ANTHROPIC_HEADERS,
+                      "claude-3-5-sonnet-20241022", None, "direct nginx (Anthropic)")]
+        elif res.get(f"{label}_skipped"):
+            rows.append((label, None) + (None,) * 7)
 
         # ---- non-streaming: wrk at 1 connection (latency) and 64 connections (throughput);
         # with --rounds N every target is measured N times, interleaved, and the median kept.
@@ -829,6 +881,8 @@ def main():
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
+        if shutil.which("redis-cli") and not args.no_keys:  # the window counters expire; the usage totals do not
+            subprocess.run(["redis-cli", "-u", args.redis, "DEL", f"{{{redis_prefix}}}:usage"], capture_output=True)
 
     text = report(res, args)
     print(text)

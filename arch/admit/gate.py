@@ -139,4 +139,5 @@ class Admission:
             await self.state.settle(deltas, parallel, budget, rows)
         except StateError as e:
             STATE_ERRORS.labels("settle").inc()
-            log.warning("shared state: could not record a request's usage (%s)", e)
+            if not self._state_down:  # while it is down, said once by admit()
+                log.warning("shared state: could not record a request's usage (%s)", e)
