@@ -65,7 +65,7 @@ class Config:
     providers: list
     aliases: dict                     # alias -> (target, *fallbacks)
     rules_dirs: list = field(default_factory=list)
-    gateway_keys: list = field(default_factory=list)  # entries as written, `key` expanded, `where` added
+    gateway_keys: list | None = None  # entries as written, `key` expanded, `where` added; None: no keys, open
     admin_key: str | None = None
     state: dict = field(default_factory=dict)   # {responses: {...}, redis, prefix, timeout}; no redis: in memory
     fail_open: bool = True                             # on_state_error
@@ -170,7 +170,8 @@ def load_config(path):
             fallbacks=tuple(entry.get("fallbacks") or ()), policy=_policy(entry, listener_policy),
             extra={k: v for k, v in entry.items() if k not in PROVIDER_KEYS}))
 
-    gateway_keys = []
+    # configured but all unusable (unset $VARs) is [] and refuses everyone, never None (open)
+    gateway_keys = [] if "gateway_keys" in raw else None
     for n, entry in enumerate(raw.get("gateway_keys") or ()):
         entry = {**entry, "where": f"{where}: gateway_keys[{n}]"}
         if "key" in entry:

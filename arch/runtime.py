@@ -2,10 +2,9 @@
 rules, routes. Built whole at start-up and on reload, then swapped in one
 assignment, so a request holds the snapshot it started with to its end and a
 broken edit never replaces a working snapshot."""
+import ipaddress
 import os
 from dataclasses import dataclass
-
-import ipaddress
 
 from arch import state
 from arch.admit.gate import Admission
@@ -70,13 +69,13 @@ def build(config_path, rules_dirs=(), shares=1):
     except ConfigError as e:
         problems.extend(f"{config.path}: {p}" for p in e.problems)
     admission = None
-    if not problems and (config.gateway_keys or config.ratelimits or config.state.get("redis")):
+    if not problems and (config.gateway_keys is not None or config.ratelimits or config.state.get("redis")):
         admission = Admission(config, routes, state.backend(config.state, shares))
         if admission.keys is not None:
             problems.extend(admission.keys.problems)
             if admission.keys.admin is None:
                 warnings.append(f"{config.path}: gateway_keys without admin_key: /metrics and /v1/usage are refused")
-    if not config.gateway_keys and not _loopback(config.address):
+    if config.gateway_keys is None and not _loopback(config.address):
         warnings.append(f"{config.path}: no gateway_keys: anyone who can reach {config.address}:{config.port} "
                         "may use the configured providers (add gateway_keys, or listen on 127.0.0.1)")
     if problems:

@@ -216,6 +216,19 @@ def test_budget_spent_is_429_insufficient_quota(gw):
     assert row["cost_usd"] >= 0.00002 and row["model"] == "gpt-4o-mini"
 
 
+def test_keys_whose_variables_are_unset_refuse_everyone(fakes):
+    config = gateway_config(*(f.url for f in fakes))
+    config["gateway_keys"] = [{"name": "ghost", "key": "$ARCH_TEST_UNSET_KEY"}]
+    g = start_gateway(config, env=GATEWAY_ENV)
+    try:
+        assert "environment variable ARCH_TEST_UNSET_KEY is not set" in g.output()
+        for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer anything"}):
+            r = post(g.url, "/v1/chat/completions", json.dumps({"model": "gpt-4o-mini", "messages": USER}), headers)
+            assert r.status == 401, r.body
+    finally:
+        g.stop()
+
+
 def test_open_gateway_warns_when_not_on_loopback(tmp_path):
     config = {"version": "v0.1.0", "listeners": {"egress_traffic": {"address": "0.0.0.0", "port": 12000}},
               "llm_providers": [{"model": "openai/gpt-4o-mini", "access_key": "x"}],
@@ -233,3 +246,23 @@ def test_open_gateway_warns_when_not_on_loopback(tmp_path):
     out = subprocess.run([sys.executable, "-m", "arch", "validate", str(path)], cwd=ROOT, capture_output=True,
                          text=True)
     assert "warning" not in out.stdout
+
+
+def test_workers_without_redis_each_enforce_their_share(fakes):
+    """In memory under --workers 2, a limit of 4 is 2 per worker: however the kernel spreads
+    the connections, no more than 4 in total (and at least one worker's 2)."""
+    config = admit_config(fakes)
+    config["gateway_keys"].append({"name": "shared", "key": "ks-secret-0007", "limits": {"requests_per_day": 4}})
+    g = start_gateway(config, env=ADMIT_ENV, extra_args=["--workers", "2"])
+    try:
+        statuses = []
+        for _ in range(16):  # a new connection each: the kernel picks a worker each time
+            with openai_client(g, "ks-secret-0007") as oai:
+                try:
+                    oai.chat.completions.create(model="gpt-4o-mini", messages=USER)
+                    statuses.append(200)
+                except openai.RateLimitError:
+                    statuses.append(429)
+        assert 2 <= statuses.count(200) <= 4 and statuses.count(429) >= 12
+    finally:
+        g.stop()

@@ -38,7 +38,7 @@ class Admission:
     def __init__(self, config, routes, state):
         served = {n: (n,) if n in routes.aliases else (n, t[0].name, t[0].model, f"{t[0].provider}/{t[0].model}")
                   for n, t in routes.table.items()}
-        self.keys = Keys(config.gateway_keys, served, config.admin_key) if config.gateway_keys else None
+        self.keys = Keys(config.gateway_keys, served, config.admin_key) if config.gateway_keys is not None else None
         self.rules = ratelimit_rules(config.ratelimits, routes)
         self.limits = {} if self.keys is None else {k: key_limits(k) for k in self.keys.by_digest.values()}
         self.state = state

@@ -48,8 +48,13 @@ class Script:
 def _encode(args):
     out = [b"*%d\r\n" % len(args)]
     for a in args:
-        if not isinstance(a, bytes):
-            a = (a if isinstance(a, str) else repr(a) if isinstance(a, float) else str(a)).encode()
+        kind = a.__class__
+        if kind is str:
+            a = a.encode()
+        elif kind is int:
+            a = b"%d" % a
+        elif kind is not bytes:
+            a = (repr(a) if kind is float else str(a)).encode()
         out.append(b"$%d\r\n%b\r\n" % (len(a), a))
     return b"".join(out)
 
@@ -95,7 +100,8 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, on_lost):
         self.transport = None
-        self.waiting = deque()
+        self.waiting = deque()   # (future, deadline), oldest first
+        self.watchdog = None     # one timer for the oldest deadline, not one per command
         self.buf = bytearray()
         self.on_lost = on_lost
 
@@ -109,8 +115,8 @@ class _Connection(asyncio.Protocol):
         try:
             while pos < len(buf):
                 value, pos = _parse(buf, pos)
-                fut = self.waiting.popleft()
-                if not fut.done():  # not already timed out
+                fut = self.waiting.popleft()[0]
+                if not fut.done():  # not cancelled by its caller
                     if isinstance(value, ReplyError):
                         fut.set_exception(value)
                     else:
@@ -126,12 +132,15 @@ class _Connection(asyncio.Protocol):
         self.close(StateError(f"Redis connection lost ({exc or 'closed by the server'})"))
 
     def close(self, error):
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         if self.transport is not None:
             self.transport.abort()
             self.transport = None
             self.on_lost(self)
         while self.waiting:
-            fut = self.waiting.popleft()
+            fut = self.waiting.popleft()[0]
             if not fut.done():
                 fut.set_exception(error)
 
@@ -199,24 +208,28 @@ class Redis:
         self._down_until = asyncio.get_running_loop().time() + self.retry_interval
 
     def _send(self, conn, args):
-        fut = asyncio.get_running_loop().create_future()
-        conn.waiting.append(fut)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        conn.waiting.append((fut, loop.time() + self.timeout))
         conn.transport.write(_encode(args))
-        return self._wait(conn, fut)
+        if conn.watchdog is None:
+            conn.watchdog = loop.call_later(self.timeout, self._watch, conn)
+        return fut
 
-    async def _wait(self, conn, fut):
-        timer = asyncio.get_running_loop().call_later(self.timeout, self._timed_out, conn, fut)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
-
-    def _timed_out(self, conn, fut):
-        """No reply in time: this connection is not to be trusted; fail fast for a while."""
-        if not fut.done():
-            error = StateError(f"Redis at {self.host}:{self.port} did not answer within {self.timeout}s")
-            self._failed(error)
-            conn.close(error)
+    def _watch(self, conn):
+        """The oldest command must have its reply by its deadline, else the connection is not
+        to be trusted: every waiting command fails, and for a while commands fail fast."""
+        conn.watchdog = None
+        if not conn.waiting or conn.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = conn.waiting[0][1]
+        if loop.time() < deadline:
+            conn.watchdog = loop.call_at(deadline, self._watch, conn)
+            return
+        error = StateError(f"Redis at {self.host}:{self.port} did not answer within {self.timeout}s")
+        self._failed(error)
+        conn.close(error)
 
     async def execute(self, *args):
         conn = await self._connection()
