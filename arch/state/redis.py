@@ -1,8 +1,8 @@
 """A small asyncio Redis client: what the gateway's shared state needs, no more.
 
-One connection per process, pipelined: commands are written as they come and
-replies are matched to them in order, so many requests share one socket and
-none waits for another's reply. Every command has a bounded wait (`timeout`);
+One connection per process, pipelined: the commands of one event-loop
+iteration leave in one write and replies are matched to them in order, so
+many requests share one socket and none waits for another's reply. Every command has a bounded wait (`timeout`);
 a Redis that does not answer in time, refuses the connection or drops it makes
 the command raise `StateError` at once, and for `retry_interval` seconds after
 that every command fails fast without touching the network (a dead Redis must
@@ -102,11 +102,24 @@ class _Connection(asyncio.Protocol):
         self.transport = None
         self.waiting = deque()   # (future, deadline), oldest first
         self.watchdog = None     # one timer for the oldest deadline, not one per command
+        self.pending = []        # commands written together at the end of this loop iteration
         self.buf = bytearray()
         self.on_lost = on_lost
 
     def connection_made(self, transport):
         self.transport = transport
+
+    def write(self, data):
+        """Commands sent in one event-loop iteration leave in one write: under load, one
+        system call and one Redis read for many requests' admissions."""
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.pending.append(data)
+
+    def flush(self):
+        if self.transport is not None and self.pending:
+            self.transport.write(b"".join(self.pending))
+        self.pending.clear()
 
     def data_received(self, data):
         buf = self.buf
@@ -211,7 +224,7 @@ class Redis:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         conn.waiting.append((fut, loop.time() + self.timeout))
-        conn.transport.write(_encode(args))
+        conn.write(_encode(args))
         if conn.watchdog is None:
             conn.watchdog = loop.call_later(self.timeout, self._watch, conn)
         return fut
