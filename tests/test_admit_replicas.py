@@ -165,8 +165,8 @@ def test_redis_lost_mid_run_follows_the_policy_and_recovers(own_redis, openai_fa
         # fail_open admits past the limit of 20 a minute; fail_closed refuses with 503
         assert during["open"].count(200) > RPM and set(during["open"]) == {200}
         assert set(during["closed"]) == {503}
-        assert metric(open_gw, "arch_state_errors_total", policy="fail_open") > 0
-        assert metric(closed_gw, "arch_state_errors_total", policy="fail_closed") > 0
+        assert metric(open_gw, "arch_state_errors_total", stage="admit", policy="fail_open") > 0
+        assert metric(closed_gw, "arch_state_errors_total", stage="admit", policy="fail_closed") > 0
         assert "shared state unreachable" in open_gw.output() and "WITHOUT limits" in open_gw.output()
 
         own_redis.start()  # back, empty: limits apply again on both, shared

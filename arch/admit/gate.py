@@ -21,7 +21,7 @@ from arch.errors import GatewayError
 from arch.state.redis import StateError
 
 log = logging.getLogger("arch")
-STATE_ERRORS = Counter("arch_state_errors_total", "Shared state (Redis) calls that failed", ["policy"])
+STATE_ERRORS = Counter("arch_state_errors_total", "Shared state (Redis) calls that failed", ["stage", "policy"])
 REFUSED = Counter("arch_admission_refused_total", "Requests refused by a limit or budget", ["key", "reason"])
 PARALLEL_TTL = 3600.0  # a parallel slot a crashed replica never gave back frees itself after this
 
@@ -104,7 +104,7 @@ class Admission:
 
     def _state_failed(self, error, key, rid):
         policy = "fail_open" if self.fail_open else "fail_closed"
-        STATE_ERRORS.labels(policy).inc()
+        STATE_ERRORS.labels("admit", policy).inc()
         if not self._state_down:
             self._state_down = True
             log.error("shared state unreachable (%s): %s", error,
@@ -132,12 +132,12 @@ class Admission:
             rows.append(((*fields, "cost_usd"), usd))
         budget = ticket.budget and (ticket.budget[0], usd or 0, ticket.budget[1])
         parallel = ticket.parallel and (ticket.parallel, ticket.rid)
-        asyncio.ensure_future(self._settle(deltas, parallel, budget, rows))
+        asyncio.ensure_future(self._settle(deltas, parallel, budget, rows))  # nobody waits for it
 
     async def _settle(self, deltas, parallel, budget, rows):
         try:
             await self.state.settle(deltas, parallel, budget, rows)
         except StateError as e:
-            STATE_ERRORS.labels("settle").inc()
+            STATE_ERRORS.labels("settle", "fail_open" if self.fail_open else "fail_closed").inc()
             if not self._state_down:  # while it is down, said once by admit()
                 log.warning("shared state: could not record a request's usage (%s)", e)
