@@ -34,7 +34,8 @@ def admit_config(fakes, **extra):
     ]
     config["admin_key"] = "$ARCH_ADMIN_KEY"
     config["ratelimits"] = [  # the original Arch format, plus `requests`
-        {"model": "gpt-4o", "selector": {"key": "x-user", "value": "*"}, "limit": {"requests": 2, "unit": "hour"}}]
+        {"model": "gpt-4o", "selector": {"key": "x-user", "value": "*"}, "limit": {"requests": 2, "unit": "hour"}},
+        {"model": "llama3.1", "limit": {"requests": 2, "unit": "hour"}}]  # everyone's requests to the model
     config.update(extra)
     return config
 
@@ -167,6 +168,16 @@ def test_selector_header_limits_each_value(gw, openai_fake):
         for _ in range(3):  # no selector header: not this rule's business
             oai.chat.completions.create(model="gpt-4o", messages=USER)
         oai.chat.completions.create(model="gpt-4o-mini", messages=USER, extra_headers={"x-user": "bob"})
+
+
+def test_model_limit_counts_every_name_and_every_key(gw):
+    with openai_client(gw, KEYS["hashed"]) as oai:
+        oai.chat.completions.create(model="llama3.1", messages=USER)
+    with openai_client(gw, KEYS["par"]) as oai:
+        oai.chat.completions.create(model="ollama/llama3.1", messages=USER)
+    with anthropic_client(gw, KEYS["hashed"]) as anth, pytest.raises(anthropic.RateLimitError) as e:
+        anth.messages.create(model="llama3.1", max_tokens=5, messages=USER)
+    assert "model 'llama3.1': 2 requests per hour" in e.value.message
 
 
 def test_parallel_requests_per_key(gw, openai_fake):

@@ -92,7 +92,7 @@ class Admission:
         if code == -2:
             REFUSED.labels(key.name, "budget").inc()
             error = GatewayError(429, f"key '{key.name}' has spent its budget of ${key.budget['usd']:g} per "
-                                      f"{key.budget['per']} (${value:.4f}); it resets at "
+                                      f"{key.budget['per']} (spent ${value:.6g}); it resets at "
                                       f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(budget_reset))}",
                                  headers={"retry-after": str(max(1, int(budget_reset - now)))})
             error.kind = "insufficient_quota"
@@ -120,8 +120,9 @@ class Admission:
         usage = record["usage"]
         if usage:
             actual = (usage.get("input") or 0) + (usage.get("output") or 0)
-        else:  # no usage reported: a failed request used nothing; an answer of unknown size keeps its reservation
-            actual = None if record["status"] == 200 else 0
+        else:  # none reported: a refused or failed call used nothing; an answer (or a stream the
+            # client left) of unknown size keeps its reservation
+            actual = 0 if record["status"] >= 400 and record["status"] != 499 else None
         deltas = [(name, actual - r) for name, r in zip(ticket.tokens, ticket.reserved)] if actual is not None else []
         fields = (ticket.key.name if ticket.key else "", record["model"] or "", record["alias"] or "",
                   record["provider"] or "")
