@@ -2,7 +2,7 @@
 (rate-limit windows, parallel requests, budgets, usage by key; conversations).
 
 `redis.py` is the Redis client; `memory.py` and `shared.py` are the two
-backends of the admission stage. A backend outlives reloads (its counters and
+backends of the admission stage; `responses.py` keeps stored Responses. A backend outlives reloads (its counters and
 its connection are kept), so `backend()` hands out one per setting.
 """
 from arch.state.memory import MemoryState
