@@ -37,6 +37,7 @@ def _validate(args):
     for w in runtime.warnings:
         print(f"warning: {w}")
     print(f"{args.config}: OK ({len(runtime.routes.targets)} model(s), {len(runtime.routes.aliases)} alias(es), "
+          f"{len(runtime.routes.patterns)} pattern(s), "
           f"{len(runtime.rules.files)} rules file(s))")
     return 0
 
@@ -82,6 +83,7 @@ def _up(args):
     lines = [f"archgw listening on http://{address}:{port}"]
     lines += [f"  model  {t.name:<40} -> {t.provider} {t.model} ({t.url})" for t in runtime.routes.targets]
     lines += [f"  alias  {a:<40} -> {t}" for a, t in runtime.routes.aliases.items()]
+    lines += [f"  match  {p:<40} -> {t.provider} {t.model}" for p, t in runtime.routes.patterns.items()]
     print("\n".join(lines), flush=True)
     serve(gateway, address, sockets, workers=args.workers)
     return 0

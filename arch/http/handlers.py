@@ -111,13 +111,14 @@ class Health(Base):
 
 
 class Models(Base):
-    """GET /v1/models: configured models and aliases, in the OpenAI list shape,
-    or in Anthropic's when the request carries `anthropic-version` (both SDKs'
-    `models.list()`). An alias says what it points to."""
+    """GET /v1/models: configured models, aliases and patterns (`openai/*`), in
+    the OpenAI list shape, or in Anthropic's when the request carries
+    `anthropic-version` (both SDKs' `models.list()`). An alias says what it points to."""
 
     def get(self):
         routes = self.runtime.routes
-        entries = [(t.name, t) for t in routes.targets] + [(a, routes.table[a][0]) for a in routes.aliases]
+        entries = ([(t.name, t) for t in routes.targets] + [(a, routes.table[a][0]) for a in routes.aliases]
+                   + list(routes.patterns.items()))
         admission = self.runtime.admission
         key = admission.authenticate(self.request.headers) if admission is not None else None
         if key is not None and key.allowed is not None:  # only what this key may use

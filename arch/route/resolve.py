@@ -5,6 +5,7 @@ fixed headers, and one dict from every name a client may use to its target.
 A request does a single dict lookup.
 """
 import random
+from functools import partial
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from time import time
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 from arch import __version__
 from arch.errors import ConfigError, GatewayError
+from arch.route.patterns import Patterns, is_pattern
 from arch.upstream.client import Timeouts
 
 USER_AGENT = f"archgw/{__version__}"
@@ -72,6 +74,8 @@ class Target:
     policy: Policy
     fallbacks: tuple         # names to try after this one
     native: dict = None      # other dialects the provider serves as they are: {dialect: (url, compact url)}
+    patterns: tuple = ()     # a wildcard entry (`openai/*`): the names it serves
+    serve: object = None     # a wildcard entry: model id -> the Target for that id
 
 
 def upstream_url(rule, cfg, model_id, path):
@@ -103,6 +107,11 @@ def provider_of(cfg, rules):
 def make_target(cfg, rule, model_id):
     if not cfg.base_url and rule.base_url_required:
         raise ConfigError([f"{cfg.where}.base_url: required for provider {rule.name!r}"])
+    wild = {}
+    if is_pattern(model_id):  # `openai/*`: any id at that provider, forwarded as the client gave it
+        bare = rule.models if model_id == "*" else (model_id,)
+        wild = {"patterns": tuple(dict.fromkeys((cfg.name, f"{rule.name}/{model_id}", *bare))),
+                "serve": partial(make_target, cfg, rule)}
     # ours unless the rules set one, or forward the client's (`forward_headers: [user-agent]`)
     headers = {} if any(h.lower() == "user-agent" for h in rule.headers) else {"user-agent": USER_AGENT}
     headers.update(rule.headers)
@@ -116,22 +125,35 @@ def make_target(cfg, rule, model_id):
                   fallbacks=cfg.fallbacks,
                   native={dialect: (upstream_url(rule, cfg, model_id, spec["path"]),
                                     spec.get("compact_path") and upstream_url(rule, cfg, model_id, spec["compact_path"]))
-                          for dialect, spec in rule.also.items()})
+                          for dialect, spec in rule.also.items()}, **wild)
+
+
+MAX_CACHED = 4096  # names resolved through a pattern, kept per snapshot (clients choose them: bounded)
 
 
 class Routes:
-    """Model name -> route: the targets to try in order. Name precedence
-    (README): alias, provider `name`, full `provider/model` string, bare
-    model id; built by laying each level over the one below it."""
+    """Model name -> route: the targets to try in order. Name precedence:
+    alias, provider `name`, full `provider/model` string, bare model id, each
+    level laid over the one below; then patterns (`openai/*` entries, aliases
+    like `claude-*`), the most specific first."""
 
     def __init__(self, targets, aliases, unserved=()):
         named = {}
-        for t in reversed(targets):  # the first entry wins a shared bare id
+        exact = [t for t in targets if t.serve is None]
+        for t in reversed(exact):  # the first entry wins a shared bare id
             named[t.model] = t
-        for t in targets:
+        for t in exact:
             named[f"{t.provider}/{t.model}"] = t
             named[t.name] = t
+        self.wildcards = Patterns([(p, t) for t in targets if t.serve for p in t.patterns])
+        self._cache = {}
         problems, self.warnings = [], []
+
+        def target(name):
+            if name in named:
+                return named[name]
+            hit = self.wildcards.match(name)
+            return hit and self._serve(hit[0], name)
 
         def chain(names, where):
             """The targets for these names, each followed by its own fallbacks, once each."""
@@ -140,10 +162,11 @@ class Routes:
                 if name in unserved:  # its provider is not supported: said once already, not fatal
                     self.warnings.append(f"{where}: {name!r} is not served (unsupported provider)")
                     continue
-                if name not in named:
+                first = target(name)
+                if first is None:
                     problems.append(f"{where}: {name!r} is not a configured model")
                     continue
-                for t in (named[name], *(named.get(f) for f in named[name].fallbacks)):
+                for t in (first, *(target(f) for f in first.fallbacks)):
                     if t is not None and t not in route:
                         route.append(t)
             return tuple(route)
@@ -151,24 +174,62 @@ class Routes:
         table = {name: chain([name], f"{t.name}.fallbacks") for name, t in named.items()}
         for t in targets:
             for f in t.fallbacks:
-                if f not in named:
+                if target(f) is None:
                     problems.append(f"{t.name}: fallbacks: {f!r} is not a configured model")
+        patterns = []
         for alias, names in aliases.items():
             route = chain(names, f"model_aliases.{alias}")
-            if route:
+            if route and is_pattern(alias):
+                patterns.append((alias, route))
+            elif route:
                 table[alias] = route
         if problems:
             raise ConfigError(sorted(set(problems)))
+        # one list, aliases first: between equally specific patterns the user's alias wins
+        self.by_pattern = Patterns([(p, (p, route)) for p, route in patterns] + self.wildcards.entries)
+        self.warnings += self.by_pattern.overlaps(lambda v: v.name if isinstance(v, Target) else f"alias {v[0]}")
         self.table = table
-        self.targets = targets
+        self.targets = exact
         self.aliases = {alias: names[0] for alias, names in aliases.items() if alias in table}
+        self.patterns = {p: v if isinstance(v, Target) else v[1][0] for p, v in reversed(self.by_pattern.entries)}
+
+    @staticmethod
+    def _serve(wildcard, name):
+        """The Target for `name` at a wildcard entry: the id is the name less a `provider/` prefix."""
+        prefix, slash, rest = name.partition("/")
+        model_id = rest if slash and any(p.startswith(prefix + "/") for p in wildcard.patterns) else name
+        return wildcard.serve(model_id)
 
     def resolve(self, name):
         route = self.table.get(name) if isinstance(name, str) else None
+        if route is None and isinstance(name, str):
+            route = self._cache.get(name) or self._match(name)
         if not route:
             raise GatewayError(404, f"The model '{name}' does not exist or is not served by this gateway. "
                                     f"Available models: {', '.join(self.names())}", "model")
         return route
 
+    def _match(self, name):
+        """A name no entry spells out, through the patterns: an alias pattern's route, or a
+        wildcard entry's target for that id followed by its fallbacks; remembered (bounded)."""
+        hit = self.by_pattern.match(name)
+        if hit is None:
+            return None
+        route = hit[0] if isinstance(hit[0], Target) else hit[0][1]
+        if isinstance(route, Target):
+            first = self._serve(route, name)
+            route = [first]
+            for f in first.fallbacks:
+                try:
+                    route.append(self.resolve(f)[0])
+                except GatewayError:  # an unserved fallback, reported at load
+                    pass
+            route = tuple(dict.fromkeys(route))
+        if len(self._cache) >= MAX_CACHED:
+            self._cache.clear()
+        self._cache[name] = route
+        return route
+
     def names(self):
-        return sorted({*self.aliases, *(t.name for t in self.targets), *(t.model for t in self.targets)})
+        return sorted({*self.aliases, *(t.name for t in self.targets), *(t.model for t in self.targets),
+                       *self.patterns})

@@ -41,6 +41,7 @@ class ProviderRule:
         self.rename = spec.get("rename") or {}
         # other dialects this provider serves natively: {dialect: {path, compact_path...}}
         self.also = spec.get("also") or {}
+        self.models = tuple(spec.get("models") or ())  # bare ids a wildcard entry (`openai/*`) serves
 
 
 class RuleSet:
