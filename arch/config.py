@@ -24,7 +24,7 @@ UNSUPPORTED = ("agents", "endpoints", "overrides", "system_prompt", "prompt_targ
 INTERFACE_ALIASES = {"claude": "anthropic", "arch": "openai_compatible", "openai": "openai_compatible"}
 
 
-PROVIDER_KEYS = {"model", "name", "access_key", "base_url", "default", "provider_interface", "fallbacks",
+PROVIDER_KEYS = {"model", "name", "weight", "access_key", "base_url", "default", "provider_interface", "fallbacks",
                  "routing_preferences", "http_host", "timeout", "connect_timeout", "idle_timeout",
                  "max_retries", "retry_backoff"}
 # Long enough for agents and tool use: minutes for a whole answer, seconds to connect.
@@ -47,6 +47,7 @@ class ProviderConfig:
     missing_var: str | None  # the $VAR that was unset, if the key came from one
     base_url: str | None
     fallbacks: tuple     # names to try, in order, when this model fails
+    weight: float        # its share among entries with the same name
     policy: dict         # timeouts and retries (see DEFAULT_POLICY)
     extra: dict          # provider-specific settings (api_version, ...)
 
@@ -63,7 +64,11 @@ class Config:
     access_log_file: str | None
     log_content: bool
     providers: list
-    aliases: dict                     # alias -> (target, *fallbacks)
+    aliases: dict                     # alias -> ((name, weight), ...): one target, or deployments to balance
+    alias_fallbacks: dict = field(default_factory=dict)  # alias -> names to try when its target fails
+    balancing: dict = field(default_factory=dict)        # load_balancing, with each alias's strategy/affinity
+    alias_rules: dict = field(default_factory=dict)   # alias -> its routing_rules, as written
+    routing_rules: list = field(default_factory=list)  # the global ones, as written
     rules_dirs: list = field(default_factory=list)
     gateway_keys: list | None = None  # entries as written, `key` expanded, `where` added; None: no keys, open
     admin_key: str | None = None
@@ -167,7 +172,7 @@ def load_config(path):
             interface=INTERFACE_ALIASES.get(entry.get("provider_interface"), entry.get("provider_interface")),
             access_key=access_key or None, missing_var=missing[0] if missing else None,
             base_url=base_url or None,
-            fallbacks=tuple(entry.get("fallbacks") or ()), policy=_policy(entry, listener_policy),
+            fallbacks=tuple(entry.get("fallbacks") or ()), weight=float(entry.get("weight", 1)), policy=_policy(entry, listener_policy),
             extra={k: v for k, v in entry.items() if k not in PROVIDER_KEYS}))
 
     # configured but all unusable (unset $VARs) is [] and refuses everyone, never None (open)
@@ -196,18 +201,39 @@ def load_config(path):
     if unset:
         raise ConfigError(unset)
     access = raw.get("access_log") or {}
-    aliases = {name: (spec["target"], *spec.get("fallbacks", ()))
-               for name, spec in (raw.get("model_aliases") or {}).items() if ("model_aliases", name) not in broken}
+    alias_specs = {name: spec for name, spec in (raw.get("model_aliases") or {}).items()
+                   if ("model_aliases", name) not in broken}
+    aliases = {name: _alias_targets(spec) for name, spec in alias_specs.items()}
+    balancing = {"": _balancing(raw.get("load_balancing") or {})}
+    balancing.update((name, {**balancing[""], **_balancing(spec)}) for name, spec in alias_specs.items())
     return Config(path=path, address=listener.get("address", "0.0.0.0"), port=listener.get("port", 12000),
                   max_body_bytes=parse_size(listener.get("max_body_size", DEFAULT_MAX_BODY)),
                   drain_seconds=parse_duration(listener.get("drain_timeout", 30)),
                   keepalive_seconds=parse_duration(listener.get("keepalive_timeout", DEFAULT_KEEPALIVE)),
                   tracing=raw.get("tracing"), access_log_file=access.get("file") and str(path.parent / access["file"]), log_content=bool(access.get("content")),
-                  providers=providers, aliases=aliases,
+                  providers=providers, aliases=aliases, balancing=balancing,
+                  alias_fallbacks={name: tuple(spec.get("fallbacks") or ()) for name, spec in alias_specs.items()},
+                  alias_rules={name: spec["routing_rules"] for name, spec in alias_specs.items() if spec.get("routing_rules")},
+                  routing_rules=raw.get("routing_rules") or [],
                   rules_dirs=[str((path.parent / d).resolve()) for d in raw.get("rules") or ()], warnings=warnings,
                   gateway_keys=gateway_keys, admin_key=admin_key or None, state=state,
                   fail_open=raw.get("on_state_error", "fail_open") == "fail_open", ratelimits=raw.get("ratelimits") or [],
                   problems=problems)
+
+
+def _alias_targets(spec):
+    """((name, weight), ...) from any of the forms: `target: x`, `target: [x, y]` (equal
+    weights), `targets: [{model, weight}]`."""
+    if "targets" in spec:
+        return tuple((t["model"], float(t.get("weight", 1))) for t in spec["targets"])
+    target = spec["target"]
+    return tuple((name, 1.0) for name in ([target] if isinstance(target, str) else target))
+
+
+def _balancing(spec):
+    out = {k: spec[k] for k in ("strategy", "affinity", "consecutive_failures") if k in spec}
+    out.update((k, parse_duration(spec[k])) for k in ("base_ejection", "max_ejection") if k in spec)
+    return out
 
 
 def _listener(listeners, warnings, where):

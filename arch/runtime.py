@@ -11,6 +11,7 @@ from arch.admit.gate import Admission
 from arch.config import Config, load_config
 from arch.errors import ConfigError
 from arch.route.resolve import Routes, make_target, provider_of
+from arch.route.router import Router
 from arch.rules.load import RuleSet, load_rules
 from arch.upstream.client import proxy_problems
 
@@ -20,6 +21,7 @@ class Runtime:
     config: Config
     rules: RuleSet
     routes: Routes
+    router: Router
     warnings: list
     admission: Admission | None  # None: no keys, limits or shared state, nothing to check
 
@@ -63,11 +65,17 @@ def build(config_path, rules_dirs=(), shares=1):
         if cfg.missing_var:
             warnings.append(f"{cfg.where}.access_key: environment variable {cfg.missing_var} is not set;"
                             f" requests to {cfg.name} will fail until it is")
+    routes = router = None
     try:
-        routes = Routes(targets, config.aliases, unserved)
+        routes = Routes(targets, config.aliases, unserved, config.alias_fallbacks, config.balancing)
         warnings.extend(f"{config.path}: {w}" for w in routes.warnings)
     except ConfigError as e:
         problems.extend(f"{config.path}: {p}" for p in e.problems)
+    if routes is not None:
+        try:
+            router = Router(routes, config, rules)
+        except ConfigError as e:
+            problems.extend(e.problems)
     admission = None
     if not problems and (config.gateway_keys is not None or config.ratelimits or config.state.get("redis")):
         admission = Admission(config, routes, state.backend(config.state, shares))
@@ -80,4 +88,5 @@ def build(config_path, rules_dirs=(), shares=1):
                         "may use the configured providers (add gateway_keys, or listen on 127.0.0.1)")
     if problems:
         raise ConfigError(problems)
-    return Runtime(config=config, rules=rules, routes=routes, warnings=warnings, admission=admission)
+    return Runtime(config=config, rules=rules, routes=routes, router=router, warnings=warnings,
+                   admission=admission)

@@ -23,6 +23,8 @@ from arch.rules.functions import estimate_tokens
 from arch.rules.stream import Passthrough, StreamBroken, Translate, find_usage
 from arch.observe.tracing import tracer
 from arch.state.redis import StateError
+from arch.route import balance
+from arch.route.resolve import first_target, retry_after
 from arch.upstream.client import Call, UpstreamError
 
 log = logging.getLogger("arch")
@@ -105,9 +107,11 @@ class Health(Base):
     """GET /healthz: liveness, and the numbers a leak would move."""
 
     def get(self):
-        pool = self.gateway.pool
+        pool, now = self.gateway.pool, time.monotonic()
+        deployments = [state.snapshot(now) for p in self.runtime.routes.pools for state in p.states]
         self.send_json(200, {"status": "ok", "inflight": self.gateway.inflight,
-                             "idle_upstream_connections": sum(len(v) for v in pool.idle.values())})
+                             "idle_upstream_connections": sum(len(v) for v in pool.idle.values()),
+                             **({"deployments": deployments} if deployments else {})})
 
 
 class Models(Base):
@@ -117,8 +121,8 @@ class Models(Base):
 
     def get(self):
         routes = self.runtime.routes
-        entries = ([(t.name, t) for t in routes.targets] + [(a, routes.table[a][0]) for a in routes.aliases]
-                   + list(routes.patterns.items()))
+        entries = list({**{t.name: t for t in routes.targets},
+                        **{a: first_target(routes.table[a][0]) for a in routes.aliases}, **routes.patterns}.items())
         admission = self.runtime.admission
         key = admission.authenticate(self.request.headers) if admission is not None else None
         if key is not None and key.allowed is not None:  # only what this key may use
@@ -140,6 +144,7 @@ class Metrics(Base):
     def get(self):
         if self.runtime.admission is not None:
             self.runtime.admission.require_admin(self.request.headers)
+        balance.refresh_gauges(self.runtime.routes.pools)
         body, content_type = report.metrics_text()
         self.set_header("Content-Type", content_type)
         self.finish(body)
@@ -230,14 +235,15 @@ class Chat(Base):
         self._note_model(body)
         client = self.runtime.rules.dialects[self.dialect]
         client.validate(body)
-        name = body["model"]
         self.record["stream"] = body.get("stream") is True
-        route = self.runtime.routes.resolve(name)
-        if name in self.runtime.routes.aliases:
-            self.record["alias"] = name
+        decision = self.runtime.router.decide(body, self.request.headers, self.dialect)
+        self.record["alias"], self.record["route"] = decision.alias, decision.why
+        self.record["decided_by"] = decision.decided_by
+        self.set_header("x-arch-route", decision.why)
         if admission is not None:
-            self.ticket = await admission.admit(key, name, body, self.request.headers, self.dialect, self.request_id)
-        await self._forward(client, body, route)
+            self.ticket = await admission.admit(key, body.get("model"), body, self.request.headers, self.dialect,
+                                                self.request_id)
+        await self._forward(client, body, decision.route)
 
     def _note_model(self, body):
         """The model the body names, logged even when the request is then refused (capped: untrusted)."""
@@ -316,23 +322,28 @@ class Chat(Base):
             if target is not route[0]:
                 record["fallback"] = route[0].model
             for attempt in range(target.policy.max_retries + 1):
+                track = balance.Attempt(self.runtime.router.tracked.get(target))
                 try:
-                    return await self._attempt(client, body, target)
+                    await self._attempt(client, body, target)
+                    return track.ok(self.exchange.head_at)
                 except GatewayError as e:
+                    track.failed(e, retry_after(e.headers))
                     if self.client_gone or not (e.retryable or e.fallback):
                         raise
                     failure = e
-                    if not e.retryable or attempt == target.policy.max_retries:
-                        break
-                    delay = target.policy.backoff(attempt, e.headers)
-                    if delay is None:  # the provider asked for a longer wait than is worth it
-                        break
-                    log.info("%s: %s; retry %d in %.2fs", self.request_id, e.message, attempt + 1, delay)
-                    record["retries"] += 1
-                    report.RETRIES.labels(target.provider, target.model).inc()
-                    await asyncio.sleep(delay)
-                    if self.client_gone:
-                        return
+                finally:
+                    track.close()
+                if not failure.retryable or attempt == target.policy.max_retries:
+                    break
+                delay = target.policy.backoff(attempt, failure.headers)
+                if delay is None:  # the provider asked for a longer wait than is worth it
+                    break
+                log.info("%s: %s; retry %d in %.2fs", self.request_id, failure.message, attempt + 1, delay)
+                record["retries"] += 1
+                report.RETRIES.labels(target.provider, target.model).inc()
+                await asyncio.sleep(delay)
+                if self.client_gone:
+                    return
             if target is not route[-1]:
                 log.info("%s: %s failed (%s); falling back", self.request_id, target.name, failure.message)
         raise failure
@@ -467,7 +478,7 @@ class CountTokens(Chat):
         body = self._body()
         self._note_model(body)
         schemas.check("anthropic_count_tokens.schema.yaml", body)
-        target = self.runtime.routes.resolve(body["model"])[0]
+        target = first_target(self.runtime.routes.resolve(body["model"])[0])
         if key is not None:  # counting is free: the key's models apply, its limits do not
             admission.keys.permit(key, body["model"])
         self.record["provider"], self.record["model"] = target.provider, target.model
@@ -493,8 +504,10 @@ class _Exchange:
         self.buffer = []
         self.headers = {}
         self.committed = False
+        self.head_at = None  # when the provider's answer began (time.monotonic)
 
     def on_head(self, status, headers):
+        self.head_at = time.monotonic()
         self.headers = {k: v for k, v in headers.items() if k in _RETRY_HEADERS}
         if self.relay is not None and 200 <= status < 300:
             h = self.handler

@@ -37,6 +37,11 @@ FALLBACKS = Counter("arch_fallbacks_total", "Requests answered by a fallback", [
 UPSTREAM_ERRORS = Counter("arch_upstream_errors_total", "Provider failures", ["provider", "model", "type"])
 INFLIGHT = Gauge("arch_inflight_requests", "Requests in flight", multiprocess_mode="livesum")
 STREAMS = Gauge("arch_inflight_streams", "Streams in flight", multiprocess_mode="livesum")
+ROUTES = Counter("arch_routing_decisions_total", "Requests by what decided their target (rule, preference)",
+                 ["decided_by", "target"])
+EJECTIONS = Counter("arch_deployment_ejections_total", "Times a balanced deployment was ejected", ["deployment"])
+EJECTED = Gauge("arch_deployment_ejected", "1 while a balanced deployment is ejected", ["deployment"],
+                multiprocess_mode="livemax")
 RELOADS = Counter("arch_config_reloads_total", "Configuration reloads", ["result"])
 
 _access = {"path": None, "stream": None}  # where access lines go; set by open_access_log
@@ -72,7 +77,7 @@ def metrics_text():
 
 def new_record(endpoint, dialect):
     return {"time": time.time(), "start": time.perf_counter(), "endpoint": endpoint, "dialect": dialect,
-            "requested_model": None, "alias": None, "provider": None, "model": None, "status": None,
+            "requested_model": None, "alias": None, "route": None, "decided_by": None, "provider": None, "model": None, "status": None,
             "stream": False, "ttft": None, "usage": None, "retries": 0, "fallback": None,
             "bytes_in": 0, "bytes_out": 0, "error": None, "trace": None, "key": None}
 
@@ -108,6 +113,8 @@ def done(record, prices, client_address, log_content=None):
                 TOKENS.labels(model, alias, provider, kind, key_name).inc(usage[kind])
     if usd:
         COST.labels(model, alias, provider, key_name).inc(usd)
+    if record["decided_by"]:
+        ROUTES.labels(record["decided_by"], model).inc()
     if record["fallback"]:
         FALLBACKS.labels(record["fallback"], model).inc()
     if record["trace"]:
@@ -117,7 +124,8 @@ def done(record, prices, client_address, log_content=None):
         line = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record["time"])) + f".{int(record['time'] * 1000) % 1000:03d}Z",
             "request_id": record.get("request_id"), "endpoint": record["endpoint"], "dialect": record["dialect"],
-            "requested_model": record["requested_model"], "alias": record["alias"], "provider": record["provider"],
+            "requested_model": record["requested_model"], "alias": record["alias"], "route": record["route"],
+            "provider": record["provider"],
             "model": record["model"], "status": record["status"], "stream": record["stream"],
             "latency_ms": round(elapsed * 1000, 2),
             "ttft_ms": None if record["ttft"] is None else round(record["ttft"] * 1000, 2),

@@ -88,6 +88,7 @@ class Tracer:
             "arch.request_id": record.get("request_id"),
             "arch.client_dialect": record["dialect"],
             "arch.alias": record["alias"],
+            "arch.route": record["route"],
             "arch.retries": record["retries"],
             "arch.fallback_from": record["fallback"],
         }

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from arch import __version__
 from arch.errors import ConfigError, GatewayError
+from arch.route.balance import Pool, Settings
 from arch.route.patterns import Patterns, is_pattern
 from arch.upstream.client import Timeouts
 
@@ -37,13 +38,13 @@ class Policy:
         when it gave one, else exponential with jitter; None means don't."""
         if headers.get("x-should-retry") == "false":
             return None
-        hint = _retry_after(headers)
+        hint = retry_after(headers)
         if hint is not None:
             return hint if hint <= MAX_RETRY_WAIT else None
         return min(self.retry_backoff * 2 ** attempt, 8.0) * random.uniform(0.5, 1.0)
 
 
-def _retry_after(headers):
+def retry_after(headers):
     try:
         if "retry-after-ms" in headers:
             return float(headers["retry-after-ms"]) / 1000
@@ -74,6 +75,7 @@ class Target:
     policy: Policy
     fallbacks: tuple         # names to try after this one
     native: dict = None      # other dialects the provider serves as they are: {dialect: (url, compact url)}
+    weight: float = 1.0      # its share among the entries that share its name
     patterns: tuple = ()     # a wildcard entry (`openai/*`): the names it serves
     serve: object = None     # a wildcard entry: model id -> the Target for that id
 
@@ -125,26 +127,51 @@ def make_target(cfg, rule, model_id):
                   fallbacks=cfg.fallbacks,
                   native={dialect: (upstream_url(rule, cfg, model_id, spec["path"]),
                                     spec.get("compact_path") and upstream_url(rule, cfg, model_id, spec["compact_path"]))
-                          for dialect, spec in rule.also.items()}, **wild)
+                          for dialect, spec in rule.also.items()},
+                  weight=cfg.weight, **wild)
 
 
 MAX_CACHED = 4096  # names resolved through a pattern, kept per snapshot (clients choose them: bounded)
 
 
-class Routes:
-    """Model name -> route: the targets to try in order. Name precedence:
-    alias, provider `name`, full `provider/model` string, bare model id, each
-    level laid over the one below; then patterns (`openai/*` entries, aliases
-    like `claude-*`), the most specific first."""
+class Route(tuple):
+    """The steps to try in order: Targets, and Pools that choose one of their deployments
+    per request (`balanced` says whether there is any, so most requests skip choosing)."""
+    balanced = False
 
-    def __init__(self, targets, aliases, unserved=()):
+
+def route_of(steps):
+    route = Route(dict.fromkeys(steps))
+    route.balanced = any(isinstance(s, Pool) for s in route)
+    return route
+
+
+def first_target(step):
+    return step.targets[0] if isinstance(step, Pool) else step
+
+
+class Routes:
+    """Model name -> Route. Name precedence: alias, provider `name`, full
+    `provider/model` string, bare model id, each level laid over the one
+    below; then patterns (`openai/*` entries, aliases like `claude-*`), the
+    most specific first. Entries sharing a `name`, and aliases with several
+    targets, are Pools of deployments."""
+
+    def __init__(self, targets, aliases, unserved=(), alias_fallbacks=None, balancing=None):
+        balancing = balancing or {}
+        settings = {name: Settings(**spec) for name, spec in balancing.items()}
+        default = settings.get("", Settings())
         named = {}
         exact = [t for t in targets if t.serve is None]
         for t in reversed(exact):  # the first entry wins a shared bare id
             named[t.model] = t
         for t in exact:
             named[f"{t.provider}/{t.model}"] = t
-            named[t.name] = t
+        shared = {}
+        for t in exact:
+            shared.setdefault(t.name, []).append(t)
+        for name, group in shared.items():
+            named[name] = group[0] if len(group) == 1 else Pool(name, group, [t.weight for t in group], default)
         self.wildcards = Patterns([(p, t) for t in targets if t.serve for p in t.patterns])
         self._cache = {}
         problems, self.warnings = [], []
@@ -156,7 +183,7 @@ class Routes:
             return hit and self._serve(hit[0], name)
 
         def chain(names, where):
-            """The targets for these names, each followed by its own fallbacks, once each."""
+            """The steps for these names, each followed by its own fallbacks, once each."""
             route = []
             for name in names:
                 if name in unserved:  # its provider is not supported: said once already, not fatal
@@ -166,23 +193,45 @@ class Routes:
                 if first is None:
                     problems.append(f"{where}: {name!r} is not a configured model")
                     continue
-                for t in (first, *(target(f) for f in first.fallbacks)):
-                    if t is not None and t not in route:
-                        route.append(t)
-            return tuple(route)
+                route.append(first)
+                route.extend(t for t in map(target, first_target(first).fallbacks) if t is not None)
+            return route_of(route)
 
-        table = {name: chain([name], f"{t.name}.fallbacks") for name, t in named.items()}
+        def balanced(alias, members):
+            """A Pool over the deployments of these (name, weight)s; a member that is a
+            Pool itself gives its weight to its deployments, in their proportions."""
+            deployments, weights = [], []
+            for name, weight in members:
+                step = target(name)
+                if step is None:
+                    if name not in unserved:
+                        problems.append(f"model_aliases.{alias}: {name!r} is not a configured model")
+                    continue
+                group = step.targets if isinstance(step, Pool) else (step,)
+                shares = step.weights if isinstance(step, Pool) else (1.0,)
+                deployments += group
+                weights += [weight * w / sum(shares) for w in shares]
+            return Pool(alias, deployments, weights, settings.get(alias, default)) if deployments else None
+
+        table = {name: chain([name], f"{first_target(step).name}.fallbacks") for name, step in named.items()}
         for t in targets:
             for f in t.fallbacks:
                 if target(f) is None:
                     problems.append(f"{t.name}: fallbacks: {f!r} is not a configured model")
-        patterns = []
-        for alias, names in aliases.items():
-            route = chain(names, f"model_aliases.{alias}")
+        patterns, self.aliases = [], {}
+        for alias, members in aliases.items():
+            fallbacks = (alias_fallbacks or {}).get(alias, ())
+            # its own Pool (its strategy and affinity) over several targets, or over one that is balanced
+            pool = balanced(alias, members) if len(members) > 1 or isinstance(target(members[0][0]), Pool) else None
+            if pool is not None:
+                route = route_of([pool, *chain(fallbacks, f"model_aliases.{alias}")])
+            else:
+                route = chain([members[0][0], *fallbacks], f"model_aliases.{alias}")
             if route and is_pattern(alias):
                 patterns.append((alias, route))
             elif route:
                 table[alias] = route
+                self.aliases[alias] = members[0][0] if pool is None else ", ".join(n for n, _ in members)
         if problems:
             raise ConfigError(sorted(set(problems)))
         # one list, aliases first: between equally specific patterns the user's alias wins
@@ -190,8 +239,10 @@ class Routes:
         self.warnings += self.by_pattern.overlaps(lambda v: v.name if isinstance(v, Target) else f"alias {v[0]}")
         self.table = table
         self.targets = exact
-        self.aliases = {alias: names[0] for alias, names in aliases.items() if alias in table}
-        self.patterns = {p: v if isinstance(v, Target) else v[1][0] for p, v in reversed(self.by_pattern.entries)}
+        self.patterns = {p: v if isinstance(v, Target) else first_target(v[1][0])
+                         for p, v in reversed(self.by_pattern.entries)}
+        self.pools = list({id(s): s for route in [*table.values(), *(r for _, r in patterns)]
+                           for s in route if isinstance(s, Pool)}.values())
 
     @staticmethod
     def _serve(wildcard, name):
@@ -218,13 +269,13 @@ class Routes:
         route = hit[0] if isinstance(hit[0], Target) else hit[0][1]
         if isinstance(route, Target):
             first = self._serve(route, name)
-            route = [first]
+            steps = [first]
             for f in first.fallbacks:
                 try:
-                    route.append(self.resolve(f)[0])
+                    steps.append(self.resolve(f)[0])
                 except GatewayError:  # an unserved fallback, reported at load
                     pass
-            route = tuple(dict.fromkeys(route))
+            route = route_of(steps)
         if len(self._cache) >= MAX_CACHED:
             self._cache.clear()
         self._cache[name] = route

@@ -260,13 +260,15 @@ def anthropic_content(message, tools=None):
 
 
 IMAGE_TOKENS = 1600  # what Anthropic documents for a ~1.15 megapixel image
+IMAGE_TYPES = frozenset(("image", "document", "image_url", "input_image"))  # content blocks in either dialect
 
 
 def estimate_tokens(body):
     """A local estimate of an Anthropic request's input tokens, for providers
     that cannot count: one token per 4 characters of text (system, messages,
     tool definitions and tool inputs/results), plus IMAGE_TOKENS per image or
-    document and 3 per message. Good to about 20% for English prose."""
+    document (an OpenAI `image_url` block too: its base64 is no text) and 3
+    per message. Good to about 20% for English prose."""
     chars, extra = 0, 3 * len(body.get("messages") or ())
 
     def walk(value, key=None):
@@ -278,7 +280,7 @@ def estimate_tokens(body):
             for v in value:
                 walk(v)
         elif isinstance(value, dict):
-            if value.get("type") in ("image", "document"):
+            if value.get("type") in IMAGE_TYPES:
                 extra += IMAGE_TOKENS
                 return
             for k, v in value.items():

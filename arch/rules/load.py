@@ -45,8 +45,9 @@ class ProviderRule:
 
 
 class RuleSet:
-    def __init__(self, dialects, translations, providers, prices, models, files):
+    def __init__(self, dialects, translations, providers, prices, models, files, routing=([], None)):
         self.dialects = dialects
+        self.routing = routing  # (routing rules as written, the file they came from)
         self.translations = translations
         self.providers = providers
         self.prices = prices
@@ -83,6 +84,7 @@ def load_rules(dirs=()):
             problems.append(f"{f}: {e}")
             continue
         kind = ("prices" if rel == "prices.yaml" else "models" if rel == "models.yaml"
+                else "routing" if rel == "routing.yaml"
                 else "provider" if rel.startswith("providers/")
                 else "translation" if "_to_" in rel else "dialect")
         found = schemas.problems(f"rules_{kind}.schema.yaml", spec, str(f))
@@ -95,12 +97,15 @@ def load_rules(dirs=()):
 
     dialect_specs = {spec["name"]: spec for kind, spec, _ in specs.values() if kind == "dialect"}
     dialects, translations, providers, provider_files, prices, models = {}, {}, {}, {}, {}, {}
+    routing = ([], None)
     for rel, (kind, spec, f) in specs.items():
         try:
             if kind == "prices":
                 prices = spec or {}
             elif kind == "models":
                 models = spec or {}
+            elif kind == "routing":
+                routing = ((spec or {}).get("routing_rules") or [], str(f))
             elif kind == "dialect":
                 dialects[spec["name"]] = Dialect(_inherit(spec, dialect_specs, f), str(f))
             elif kind == "translation":
@@ -120,7 +125,8 @@ def load_rules(dirs=()):
                 problems.append(f"rules: no translation from {a} clients to {b} providers (dialects/{a}_to_{b}.yaml)")
     if problems:
         raise ConfigError(problems)
-    return RuleSet(dialects, translations, providers, prices, ModelTable(models), files=[str(f) for _, _, f in specs.values()])
+    return RuleSet(dialects, translations, providers, prices, ModelTable(models),
+                   files=[str(f) for _, _, f in specs.values()], routing=routing)
 
 
 def _inherit(spec, dialect_specs, where):

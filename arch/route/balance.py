@@ -1,0 +1,226 @@
+"""Several deployments behind one name: which one a request goes to.
+
+A `Pool` holds the deployments (the same model at several keys, hosts or
+providers) with their weights and a strategy:
+
+    weighted          random, in proportion to the weights (the default)
+    round_robin       smooth weighted round robin: the weights' proportions, evenly spread
+    least_inflight    fewest requests in flight per unit of weight; ties broken by weighted
+                      random, so idle deployments share the load instead of the first taking it all
+    lowest_latency    lowest moving average of time to first byte; deployments not measured
+                      yet go first, and 1 request in 20 is weighted random so the averages stay fresh
+
+Outlier ejection, per deployment and per process: `consecutive_failures` 5xx,
+connect errors or timeouts in a row eject it for `base_ejection` times the
+number of times it was ejected (up to `max_ejection`); a 429 with a
+retry-after cools it for that long. Ejected deployments are skipped; when all
+are, the least bad (the one coming back soonest) is tried rather than none.
+Session affinity (a header such as `x-session-id`, or a hash of the
+conversation's first messages) keeps a conversation on one deployment, for
+the provider's prompt cache, by rendezvous hashing: when a deployment is
+ejected only its own conversations move.
+
+State outlives reloads: a deployment keeps its numbers as long as its pool
+name, position, provider, model and URL stay the same.
+"""
+import json
+import logging
+import math
+import random
+import time
+import zlib
+from dataclasses import dataclass
+
+from arch.observe import report
+
+log = logging.getLogger("arch")
+
+STRATEGIES = ("weighted", "round_robin", "least_inflight", "lowest_latency")
+EWMA_ALPHA = 0.3
+EXPLORE = 0.05
+PREFIX_CHARS = 4096  # how much of the conversation's start the prefix affinity hashes
+FAILURE_STATUSES = frozenset((500, 502, 503, 504, 529))
+
+
+@dataclass(frozen=True)
+class Settings:
+    strategy: str = "weighted"
+    affinity: str | None = None       # a header name, or "prefix"
+    consecutive_failures: int = 5
+    base_ejection: float = 30.0
+    max_ejection: float = 300.0
+
+
+class State:
+    """What one process knows about one deployment."""
+
+    __slots__ = ("label", "inflight", "failures", "ejections", "ejected_until", "reason", "ttfb", "current")
+
+    def __init__(self, label):
+        self.label = label
+        self.inflight = self.failures = self.ejections = 0
+        self.ejected_until = 0.0
+        self.reason = None
+        self.ttfb = None     # EWMA of seconds to the provider's first byte
+        self.current = 0.0  # smooth round robin's running weight
+
+    def ejected(self, now):
+        return self.ejected_until > now
+
+    def eject(self, seconds, reason):
+        self.ejected_until = max(self.ejected_until, time.monotonic() + seconds)
+        self.reason = reason
+
+    def record(self, settings, ttfb=None, status=None, retry_after=None):
+        """One finished attempt: ttfb on success, else its status (a connect error is a
+        502, a timeout a 504). Returns a reason when it ejected the deployment."""
+        if status is None:
+            if ttfb is not None:
+                self.ttfb = ttfb if self.ttfb is None else self.ttfb + EWMA_ALPHA * (ttfb - self.ttfb)
+            self.failures = 0
+            if self.ejections and not self.ejected(time.monotonic()):
+                self.ejections -= 1  # healthy again: the next ejection, if any, is shorter
+            return None
+        if status == 429 and retry_after:
+            self.eject(retry_after, f"429, cooling {retry_after:g}s")
+            return self.reason
+        if status in FAILURE_STATUSES:
+            self.failures += 1
+            if self.failures >= settings.consecutive_failures:
+                self.ejections += 1
+                self.failures = 0
+                seconds = min(settings.base_ejection * self.ejections, settings.max_ejection)
+                self.eject(seconds, f"{settings.consecutive_failures} failures in a row (last {status}),"
+                                    f" ejected {seconds:g}s")
+                return self.reason
+        return None
+
+    def snapshot(self, now):
+        return {"deployment": self.label, "inflight": self.inflight,
+                "ejected_for_s": round(self.ejected_until - now, 3) if self.ejected(now) else 0,
+                "reason": self.reason if self.ejected(now) else None,
+                "ttfb_ms": None if self.ttfb is None else round(self.ttfb * 1000, 2)}
+
+
+class Attempt:
+    """One call to a deployment, as its State sees it: in flight until `close`."""
+
+    __slots__ = ("tracked", "started", "outcome")
+
+    def __init__(self, tracked):
+        self.tracked, self.outcome = tracked, None
+        if tracked is not None:
+            tracked[0].inflight += 1
+            self.started = time.monotonic()
+
+    def ok(self, head_at):
+        self.outcome = {"ttfb": head_at and head_at - self.started} if self.tracked else None
+
+    def failed(self, error, retry_after):
+        self.outcome = {"status": error.status, "retry_after": retry_after} if self.tracked else None
+
+    def close(self):
+        if self.tracked is None:
+            return
+        state, settings = self.tracked
+        self.tracked = None
+        state.inflight -= 1
+        if self.outcome is not None:  # None: the client left; says nothing about the deployment
+            reason = state.record(settings, **self.outcome)
+            if reason:
+                log.warning("deployment %s: %s", state.label, reason)
+                report.EJECTIONS.labels(state.label).inc()
+
+
+def refresh_gauges(pools):
+    """Set arch_deployment_ejected for each deployment (at a scrape: ejections end by themselves)."""
+    now = time.monotonic()
+    for pool in pools:
+        for state in pool.states:
+            report.EJECTED.labels(state.label).set(1 if state.ejected(now) else 0)
+
+
+_STATES = {}  # stable key -> State, shared by the snapshots a reload replaces
+
+
+class Pool:
+    """The deployments behind one name and how to choose among them."""
+
+    def __init__(self, name, targets, weights, settings):
+        self.name, self.targets, self.settings = name, tuple(targets), settings
+        self.weights = tuple(float(w) for w in weights)
+        self.states = []
+        for i, t in enumerate(self.targets):
+            key = (name, i, t.provider, t.model, t.url)
+            state = _STATES.get(key)
+            if state is None:
+                state = _STATES[key] = State(f"{name}[{i}] {t.provider}/{t.model}")
+            self.states.append(state)
+        self._pick = getattr(self, "_" + settings.strategy)
+
+    def order(self, body, headers):
+        """(the targets to try, in order, and a short reason): the chosen deployment first,
+        then the other healthy ones; when every one is ejected, the least bad first."""
+        now = time.monotonic()
+        healthy = [i for i, s in enumerate(self.states) if not s.ejected(now)]
+        if not healthy:
+            ranked = sorted(range(len(self.states)), key=lambda i: self.states[i].ejected_until)
+            return [self.targets[i] for i in ranked], f"{self.states[ranked[0]].label} (all ejected, least bad)"
+        key = self._affinity_key(body, headers)
+        if key is not None:
+            first, how = self._rendezvous(healthy, key), "affinity"
+        else:
+            first, how = (healthy[0] if len(healthy) == 1 else self._pick(healthy)), self.settings.strategy
+        targets = [self.targets[first]]
+        targets.extend(self.targets[i] for i in healthy if i != first)
+        return targets, f"{self.states[first].label} ({how})"
+
+    def _affinity_key(self, body, headers):
+        affinity = self.settings.affinity
+        if affinity is None:
+            return None
+        if affinity != "prefix":
+            value = headers.get(affinity)
+            return value.encode()[:256] if value else None
+        start = [body.get("system"), *(body.get("messages") or ())[:2]]
+        return json.dumps(start, ensure_ascii=False, default=str)[:PREFIX_CHARS].encode()
+
+    def _rendezvous(self, healthy, key):
+        """Weighted rendezvous hashing: the same key picks the same deployment while it is healthy."""
+        def score(i):
+            h = (zlib.crc32(self.states[i].label.encode(), zlib.crc32(key)) + 1) / 4294967297
+            return -self.weights[i] / math.log(h)
+        return max(healthy, key=score)
+
+    def _weighted(self, healthy):
+        total = sum(self.weights[i] for i in healthy)
+        r = random.random() * total
+        for i in healthy:
+            r -= self.weights[i]
+            if r < 0:
+                return i
+        return healthy[-1]
+
+    def _round_robin(self, healthy):
+        total, best = 0.0, None
+        for i in healthy:
+            s = self.states[i]
+            s.current += self.weights[i]
+            total += self.weights[i]
+            if best is None or s.current > self.states[best].current:
+                best = i
+        self.states[best].current -= total
+        return best
+
+    def _least_inflight(self, healthy):
+        loads = [self.states[i].inflight / self.weights[i] for i in healthy]
+        low = min(loads)
+        return self._weighted([i for i, load in zip(healthy, loads) if load == low])
+
+    def _lowest_latency(self, healthy):
+        unmeasured = [i for i in healthy if self.states[i].ttfb is None]
+        if unmeasured:
+            return random.choice(unmeasured)
+        if random.random() < EXPLORE:
+            return self._weighted(healthy)
+        return min(healthy, key=lambda i: self.states[i].ttfb)
