@@ -18,8 +18,8 @@ from arch import schemas
 from arch.errors import ConfigError
 
 VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-UNSUPPORTED = ("agents", "endpoints", "overrides", "system_prompt", "prompt_targets", "prompt_guards",
-               "routing", "mode", "state_storage", "state_storage_v1_responses")
+UNSUPPORTED = ("agents", "endpoints", "system_prompt", "prompt_targets", "prompt_guards",
+               "mode", "state_storage", "state_storage_v1_responses")
 # provider_interface values of the original Arch schema that name a provider differently here
 INTERFACE_ALIASES = {"claude": "anthropic", "arch": "openai_compatible", "openai": "openai_compatible"}
 
@@ -48,6 +48,7 @@ class ProviderConfig:
     base_url: str | None
     fallbacks: tuple     # names to try, in order, when this model fails
     weight: float        # its share among entries with the same name
+    default: bool        # `default: true`: where preference routing goes when no route fits
     policy: dict         # timeouts and retries (see DEFAULT_POLICY)
     extra: dict          # provider-specific settings (api_version, ...)
 
@@ -67,6 +68,9 @@ class Config:
     aliases: dict                     # alias -> ((name, weight), ...): one target, or deployments to balance
     alias_fallbacks: dict = field(default_factory=dict)  # alias -> names to try when its target fails
     balancing: dict = field(default_factory=dict)        # load_balancing, with each alias's strategy/affinity
+    preferences: list = field(default_factory=list)      # routing_preferences: {name, description, models, prefer}
+    router: dict = field(default_factory=dict)           # {model, timeout, default}: the router model and its limits
+    preference_aliases: tuple = ()                       # aliases that route by the preferences
     alias_rules: dict = field(default_factory=dict)   # alias -> its routing_rules, as written
     routing_rules: list = field(default_factory=list)  # the global ones, as written
     rules_dirs: list = field(default_factory=list)
@@ -156,13 +160,17 @@ def load_config(path):
 
     entries = raw.get("model_providers") or raw.get("llm_providers") or []
     key = "model_providers" if raw.get("model_providers") else "llm_providers"
-    providers, unset = [], []
+    providers, unset, inline = [], [], []
     for n, entry in enumerate(entries):
         if (key, n) in broken:
             continue
-        for k in ("routing_preferences", "http_host"):
-            if k in entry:
-                warnings.append(f"{where}: {key}[{n}].{k}: not supported yet (ignored)")
+        if "http_host" in entry:
+            warnings.append(f"{where}: {key}[{n}].http_host: not supported yet (ignored)")
+        if entry.get("routing_preferences"):
+            warnings.append(f"{where}: {key}[{n}].routing_preferences: the inline (v0.3) form, read as top-level"
+                            " routing_preferences with this model; write it there to silence this")
+            inline.extend({"name": p["name"], "description": p.get("description", ""),
+                           "models": [entry.get("name") or entry["model"]]} for p in entry["routing_preferences"])
         access_key, missing = (expand(entry["access_key"], env) if "access_key" in entry else (None, []))
         base_url, base_missing = expand(entry["base_url"], env) if entry.get("base_url") else (None, [])
         if base_missing:  # never fall back to the provider's default host (a key could go to the wrong place)
@@ -172,7 +180,8 @@ def load_config(path):
             interface=INTERFACE_ALIASES.get(entry.get("provider_interface"), entry.get("provider_interface")),
             access_key=access_key or None, missing_var=missing[0] if missing else None,
             base_url=base_url or None,
-            fallbacks=tuple(entry.get("fallbacks") or ()), weight=float(entry.get("weight", 1)), policy=_policy(entry, listener_policy),
+            fallbacks=tuple(entry.get("fallbacks") or ()), weight=float(entry.get("weight", 1)),
+            default=bool(entry.get("default")), policy=_policy(entry, listener_policy),
             extra={k: v for k, v in entry.items() if k not in PROVIDER_KEYS}))
 
     # configured but all unusable (unset $VARs) is [] and refuses everyone, never None (open)
@@ -213,6 +222,11 @@ def load_config(path):
                   tracing=raw.get("tracing"), access_log_file=access.get("file") and str(path.parent / access["file"]), log_content=bool(access.get("content")),
                   providers=providers, aliases=aliases, balancing=balancing,
                   alias_fallbacks={name: tuple(spec.get("fallbacks") or ()) for name, spec in alias_specs.items()},
+                  preferences=[{"name": p["name"], "description": p.get("description", ""), "models": p["models"],
+                                "prefer": (p.get("selection_policy") or {}).get("prefer", "none")}
+                               for p in [*(raw.get("routing_preferences") or ()), *inline]],
+                  router=_router(raw, warnings, where),
+                  preference_aliases=tuple(n for n, spec in alias_specs.items() if spec.get("routing_preferences")),
                   alias_rules={name: spec["routing_rules"] for name, spec in alias_specs.items() if spec.get("routing_rules")},
                   routing_rules=raw.get("routing_rules") or [],
                   rules_dirs=[str((path.parent / d).resolve()) for d in raw.get("rules") or ()], warnings=warnings,
@@ -228,6 +242,15 @@ def _alias_targets(spec):
         return tuple((t["model"], float(t.get("weight", 1))) for t in spec["targets"])
     target = spec["target"]
     return tuple((name, 1.0) for name in ([target] if isinstance(target, str) else target))
+
+
+def _router(raw, warnings, where):
+    """The router model's settings: `routing:`, or Plano's `overrides.llm_routing_model`."""
+    routing, overrides = dict(raw.get("routing") or {}), raw.get("overrides") or {}
+    model = routing.get("model") or routing.get("llm_provider") or overrides.get("llm_routing_model")
+    for key in sorted(set(overrides) - {"llm_routing_model"}):
+        warnings.append(f"{where}: overrides.{key}: not supported yet (ignored)")
+    return {"model": model, "timeout": parse_duration(routing.get("timeout", 10)), "default": routing.get("default")}
 
 
 def _balancing(spec):

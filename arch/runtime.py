@@ -74,6 +74,7 @@ def build(config_path, rules_dirs=(), shares=1):
     if routes is not None:
         try:
             router = Router(routes, config, rules)
+            warnings.extend(f"{config.path}: {w}" for w in router.warnings)
         except ConfigError as e:
             problems.extend(e.problems)
     admission = None

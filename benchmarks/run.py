@@ -33,6 +33,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from routing_micro import routing_config
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LITELLM_VERSION = "1.93.0"  # pinned; never 1.82.7 / 1.82.8
@@ -374,6 +376,7 @@ def sse_control(port, tokens, delay_ms):
 # --------------------------------------------------------------------------- servers under test
 
 def gateway_config(port, nginx, sse):
+    routed, _, deployments = routing_config(f"http://127.0.0.1:{nginx}").partition("extra_providers:\n")
     return f"""version: v0.1.0
 listeners:
   egress_traffic: {{address: 127.0.0.1, port: {port}, message_format: openai, timeout: 30s}}
@@ -395,7 +398,7 @@ llm_providers:
   - model: anthropic/claude-stream
     access_key: sk-bench
     base_url: http://127.0.0.1:{sse}
-"""
+{deployments}{routed}"""
 
 
 def keys_config(port, nginx, sse, redis_url, prefix):
@@ -785,6 +788,9 @@ def main():
                               None, "direct nginx (OpenAI)"),
                              ("gateway Responses→Anthropic (cross)", url, p, RESP, responses_body, OPENAI_HEADERS,
                               "claude-3-5-sonnet-20241022", None, "direct nginx (Anthropic)")]
+                    # 20 routing rules evaluated, then 1 of 4 deployments chosen
+                    rows.append(("gateway OpenAI→OpenAI, 20 rules + 4 balanced deployments", url, p, OAI,
+                                 openai_body, OPENAI_HEADERS, "routed", "stream-model", "direct nginx (OpenAI)"))
             elif res.get(f"{label}_skipped"):
                 rows.append((label, None) + (None,) * 7)  # a "skipped" row in its place
         label = "gateway+keys+limits (Redis)"

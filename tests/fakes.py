@@ -745,3 +745,35 @@ class FakeProxy:
             with self._lock:
                 self._open.discard(client)
             server.close()
+class FakeRouter(FakeOpenAI):
+    """A router model (Arch-Router's contract) on the OpenAI wire: reads the conversation
+    in the prompt and answers `{"route": name}` for the first keyword of `routes` found in
+    the last user message ("other" when none). `mode` scripts a failure instead:
+    "hang" (never answers), "error" (500), "garbage" (prose, no route JSON)."""
+
+    def __init__(self):
+        super().__init__(models=("arch-router",))
+        self.routes: dict[str, str] = {}
+        self.mode = "answer"
+
+    def reset(self):
+        super().reset()
+        self.routes, self.mode = {}, "answer"
+
+    def default_reply(self, req, n):
+        if not (req["method"] == "POST" and req["path"].endswith("/chat/completions")):
+            return super().default_reply(req, n)
+        if self.mode == "hang":
+            return Reply(hang=True)
+        if self.mode == "error":
+            return self.error(500, "server_error", "router crashed", n)
+        prompt = req["body"]["messages"][-1]["content"]
+        convo = json.loads(prompt.split("<conversation>")[1].split("</conversation>")[0])
+        last = next((m["content"] for m in reversed(convo) if m["role"] == "user"), "")
+        route = next((r for word, r in self.routes.items() if word in last), "other")
+        text = "I think it is that one." if self.mode == "garbage" else json.dumps({"route": route})
+        return self.json_reply({"id": f"chatcmpl-r{n}", "object": "chat.completion", "created": 1,
+                                "model": req["body"]["model"], "choices": [{
+                                    "index": 0, "message": {"role": "assistant", "content": text},
+                                    "finish_reason": "stop"}],
+                                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})

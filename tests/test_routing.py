@@ -427,3 +427,130 @@ def test_plano_alias_forms(tmp_path):
     path.write_text(path.read_text().replace("  nothing: {target: []}\n", ""))
     code, out = archgw("validate", str(path))
     assert code == 0 and "OK (2 model(s), 1 alias(es)" in out, out
+
+
+# ---------------------------------------------------------------------------------------------
+# preference-aligned routing through a router model
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def router_fake():
+    from fakes import FakeRouter
+    fake = FakeRouter().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_router(request):
+    if "router_fake" in request.fixturenames:
+        request.getfixturevalue("router_fake").reset()
+
+
+def preference_config(fakes, router_fake, **routing):
+    cfg = config(fakes, providers=[
+        {"model": "arch/Arch-Router", "name": "arch-router", "provider_interface": "openai",
+         "base_url": router_fake.url},
+    ], aliases={"auto": {"target": "gpt-4o-mini", "routing_preferences": True}})
+    cfg["llm_providers"][0]["default"] = True  # gpt-4o-mini: where nothing fits goes
+    cfg["routing_preferences"] = [
+        {"name": "code_generation", "description": "writing or fixing code",
+         "models": ["claude-3-5-sonnet-20241022", "gpt-4o"]},
+        {"name": "cheap_chat", "description": "small talk", "models": ["gpt-4o", "gpt-4o-mini"],
+         "selection_policy": {"prefer": "cheapest"}},
+    ]
+    cfg["routing"] = {"model": "arch-router", **routing}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def pref_gw(fakes, router_fake):
+    gw = start_gateway(preference_config(fakes, router_fake, timeout="1s"), env=GATEWAY_ENV)
+    yield gw
+    gw.stop()
+
+
+def test_request_without_model_routes_by_preference(pref_gw, router_fake, fakes):
+    router_fake.routes = {"python": "code_generation", "weather": "cheap_chat"}
+    code = {"messages": [{"role": "user", "content": "write python to sort a list"}]}
+    assert routed(pref_gw, code) == ("preference code_generation (router) -> anthropic/claude-3-5-sonnet-20241022",
+                                     "claude-3-5-sonnet-20241022")
+    asked = router_fake.last["body"]
+    assert asked["model"] == "Arch-Router" and asked["temperature"] == 0
+    assert '"name": "code_generation", "description": "writing or fixing code"' in asked["messages"][0]["content"]
+    # cheapest of [gpt-4o, gpt-4o-mini] by rules/prices.yaml
+    assert routed(pref_gw, {"messages": [{"role": "user", "content": "nice weather"}]}) == \
+        ("preference cheap_chat (router) -> openai/gpt-4o-mini", "gpt-4o-mini")
+    # the same conversation again: decided from the cache, the router is not asked twice
+    assert routed(pref_gw, code)[0] == "preference code_generation (cached) -> anthropic/claude-3-5-sonnet-20241022"
+    assert len(router_fake.requests) == 2
+
+
+@pytest.mark.parametrize("mode, why", [("other", "preference other (router)"), ("hang", "preference none (router timeout)"),
+                                       ("error", "preference none (router HTTP 500)"),
+                                       ("garbage", "preference none (router answer unparseable)")])
+def test_router_failures_go_to_the_default(pref_gw, router_fake, mode, why):
+    if mode != "other":
+        router_fake.mode = mode
+    body = {"model": "auto", "messages": [{"role": "user", "content": f"something {mode}"}]}
+    assert routed(pref_gw, body) == (f"auto {why} -> default openai/gpt-4o-mini", "gpt-4o-mini")
+
+
+def test_tool_loop_stays_on_the_turns_model(pref_gw, router_fake, fakes):
+    """A Claude-Code-like turn: the user asks, the model calls a tool, the tool result goes
+    back (a user message of only tool_result blocks): every step goes to the model the turn
+    started on, and the router is asked once."""
+    router_fake.routes = {"refactor": "code_generation", "thanks": "cheap_chat"}
+    anthropic_fake = fakes[1]
+    tool_use = {"id": "msg_t", "type": "message", "role": "assistant", "model": "claude-3-5-sonnet-20241022",
+                "content": [{"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"path": "a.py"}}],
+                "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 5}}
+    anthropic_fake.enqueue(json=tool_use)
+    anthropic_fake.enqueue(json=tool_use)
+    tools = [{"name": "Read", "description": "read a file", "input_schema": {"type": "object"}}]
+    messages = [{"role": "user", "content": "refactor a.py please"}]
+    with anthropic_client(pref_gw) as client:
+        for step in range(3):
+            raw = client.messages.with_raw_response.create(model="auto", max_tokens=100, tools=tools,
+                                                           messages=messages)
+            assert raw.headers["x-arch-route"].startswith("auto preference code_generation"), raw.headers
+            answer = raw.parse()
+            messages = messages + [{"role": "assistant", "content": [b.model_dump() for b in answer.content]},
+                                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                                                 "content": f"step {step}"}]}]
+        assert len(router_fake.requests) == 1 and len(anthropic_fake.requests) == 3
+        # a new question starts a new turn: asked again
+        messages[-1]["content"].append({"type": "text", "text": "thanks, now small talk"})
+        raw = client.messages.with_raw_response.create(model="auto", max_tokens=100, messages=messages)
+    assert raw.headers["x-arch-route"] == "auto preference cheap_chat (router) -> openai/gpt-4o-mini"
+    assert len(router_fake.requests) == 2
+
+
+def test_rule_targets_a_preference_and_plano_forms_load(fakes, router_fake, tmp_path):
+    """Plano's v0.3 inline routing_preferences (migrated, with a warning) and
+    overrides.llm_routing_model; a routing rule may name a preference route."""
+    cfg = config(fakes, providers=[
+        {"model": "arch/Arch-Router", "name": "arch-router", "provider_interface": "openai",
+         "base_url": router_fake.url},
+    ])
+    cfg["llm_providers"][1]["routing_preferences"] = [{"name": "code", "description": "code generation"}]
+    cfg["overrides"] = {"llm_routing_model": "arch-router"}
+    cfg["routing_rules"] = [{"name": "vip", "when": "headers.\"x-tier\" == 'vip'", "target": "code"}]
+    router_fake.routes = {"code": "code"}
+    gw = start_gateway(cfg, env=GATEWAY_ENV)
+    try:
+        assert routed(gw, {"messages": [{"role": "user", "content": "some code"}]}) == \
+            ("preference code (router) -> openai/gpt-4o", "gpt-4o")
+        assert routed(gw, {"model": "gpt-4o-mini", "messages": USER}, {"x-tier": "vip"}) == \
+            ("rule vip preference code -> openai/gpt-4o", "gpt-4o")
+        assert len(router_fake.requests) == 1  # a rule naming a preference needs no router
+        output = gw.output()
+    finally:
+        gw.stop()
+    assert "llm_providers[1].routing_preferences: the inline (v0.3) form" in output
+
+
+def test_no_model_without_preferences_is_a_clear_400(gateway):
+    resp = request(gateway.url, "POST", "/v1/chat/completions", {"messages": USER})
+    assert resp.status == 400
+    assert resp.json()["error"]["message"] == "model: a model is required (no routing_preferences are configured)"

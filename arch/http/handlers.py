@@ -236,7 +236,10 @@ class Chat(Base):
         client = self.runtime.rules.dialects[self.dialect]
         client.validate(body)
         self.record["stream"] = body.get("stream") is True
-        decision = self.runtime.router.decide(body, self.request.headers, self.dialect)
+        router = self.runtime.router
+        decision = router.decide(body, self.request.headers, self.dialect)
+        if decision.pending:  # the router model chooses
+            decision = await router.prefer(decision, body, self.request.headers, self.gateway.pool, self.request_id)
         self.record["alias"], self.record["route"] = decision.alias, decision.why
         self.record["decided_by"] = decision.decided_by
         self.set_header("x-arch-route", decision.why)
@@ -290,7 +293,7 @@ class Chat(Base):
         translation = rules.translation(client.name, self._endpoint(target)[1])
         ask_usage = translation is None and client.needs_usage_request(body)
         over = facts is not None and facts.max_output_tokens and client.output_over(body, facts.max_output_tokens)
-        if translation is None and not ask_usage and not over and pristine and body["model"] == target.model:
+        if translation is None and not ask_usage and not over and pristine and body.get("model") == target.model:
             return self.request.body, None, False  # fast path: the client's bytes go out untouched
         out = translation.request(body, facts) if translation else dict(body)
         out["model"] = target.model
@@ -322,7 +325,7 @@ class Chat(Base):
             if target is not route[0]:
                 record["fallback"] = route[0].model
             for attempt in range(target.policy.max_retries + 1):
-                track = balance.Attempt(self.runtime.router.tracked.get(target))
+                track = balance.Attempt(self.runtime.router.tracked.get(target), target.name)
                 try:
                     await self._attempt(client, body, target)
                     return track.ok(self.exchange.head_at)

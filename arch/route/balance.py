@@ -102,18 +102,25 @@ class State:
                 "ttfb_ms": None if self.ttfb is None else round(self.ttfb * 1000, 2)}
 
 
+LATENCY = {}  # target name -> EWMA of seconds to the first byte, for `prefer: fastest`
+
+
 class Attempt:
-    """One call to a deployment, as its State sees it: in flight until `close`."""
+    """One call to a target, as its State (when it is a balanced deployment) and the
+    latency table see it: in flight until `close`."""
 
-    __slots__ = ("tracked", "started", "outcome")
+    __slots__ = ("tracked", "name", "started", "outcome")
 
-    def __init__(self, tracked):
-        self.tracked, self.outcome = tracked, None
+    def __init__(self, tracked, name):
+        self.tracked, self.name, self.outcome = tracked, name, None
+        self.started = time.monotonic()
         if tracked is not None:
             tracked[0].inflight += 1
-            self.started = time.monotonic()
 
     def ok(self, head_at):
+        if head_at:
+            ttfb, last = head_at - self.started, LATENCY.get(self.name)
+            LATENCY[self.name] = ttfb if last is None else last + EWMA_ALPHA * (ttfb - last)
         self.outcome = {"ttfb": head_at and head_at - self.started} if self.tracked else None
 
     def failed(self, error, retry_after):
@@ -157,12 +164,18 @@ class Pool:
                 state = _STATES[key] = State(f"{name}[{i}] {t.provider}/{t.model}")
             self.states.append(state)
         self._pick = getattr(self, "_" + settings.strategy)
+        self.all = tuple(range(len(self.targets)))
+        self.why = {how: [f"{s.label} ({how})" for s in self.states] for how in (settings.strategy, "affinity")}
 
     def order(self, body, headers):
         """(the targets to try, in order, and a short reason): the chosen deployment first,
         then the other healthy ones; when every one is ejected, the least bad first."""
         now = time.monotonic()
-        healthy = [i for i, s in enumerate(self.states) if not s.ejected(now)]
+        healthy = self.all
+        for s in self.states:
+            if s.ejected_until > now:
+                healthy = [i for i, s in enumerate(self.states) if not s.ejected(now)]
+                break
         if not healthy:
             ranked = sorted(range(len(self.states)), key=lambda i: self.states[i].ejected_until)
             return [self.targets[i] for i in ranked], f"{self.states[ranked[0]].label} (all ejected, least bad)"
@@ -172,8 +185,8 @@ class Pool:
         else:
             first, how = (healthy[0] if len(healthy) == 1 else self._pick(healthy)), self.settings.strategy
         targets = [self.targets[first]]
-        targets.extend(self.targets[i] for i in healthy if i != first)
-        return targets, f"{self.states[first].label} ({how})"
+        targets += [self.targets[i] for i in healthy if i != first]
+        return targets, self.why[how][first]
 
     def _affinity_key(self, body, headers):
         affinity = self.settings.affinity

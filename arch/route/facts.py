@@ -1,13 +1,12 @@
 """What routing rules read: the request, its headers, and facts computed from it.
 
-A rule's `when` is JMESPath over a `Facts` object. It is a dict whose `get`
-computes a fact the first time a rule reads it and keeps it, so a request
-pays only for the facts its rules use (a rule on a header never counts
-tokens). Compiled JMESPath reads fields with `get`, so it sees them all:
+A rule's `when` is JMESPath over a plain dict of these. The costly ones
+(counting tokens, looking for images) are computed only when some rule of
+the list being evaluated names them, which is known at load (`reads`):
 
     model          the model the client asked for (null when it named none)
     body           the request body as sent
-    headers        request headers, lower-case names
+    headers        request headers, by lower-case name
     dialect        the client's dialect: openai or anthropic
     stream         whether the client asked for a stream
     input_tokens   estimated input tokens (4 characters a token, images a fixed amount)
@@ -16,17 +15,17 @@ tokens). Compiled JMESPath reads fields with `get`, so it sees them all:
     has_thinking   extended thinking / reasoning effort asked for
     last_user_message  the text of the last user message ("" when none)
 """
+import jmespath
+
 from arch.rules.functions import IMAGE_TYPES, estimate_tokens
 
 
-def _block_types(facts):
-    """Every content block type in the messages (one pass, shared by the facts that need it)."""
-    types = set()
-    for message in _messages(facts.body):
+def _has_images(body):
+    for message in _messages(body):
         content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            types.update(b.get("type") for b in content if isinstance(b, dict))
-    return types
+        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") in IMAGE_TYPES for b in content):
+            return True
+    return False
 
 
 def _messages(body):
@@ -60,36 +59,46 @@ def last_user_message(body):
     return ""
 
 
-COMPUTE = {
-    "model": lambda f: f.body.get("model"),
-    "body": lambda f: f.body,
-    "headers": lambda f: {k.lower(): v for k, v in f.request_headers.items()},
-    "dialect": lambda f: f.dialect,
-    "stream": lambda f: f.body.get("stream") is True,
-    "input_tokens": lambda f: estimate_tokens(f.body),
-    "has_images": lambda f: not IMAGE_TYPES.isdisjoint(f.get("block_types")),
-    "has_tools": lambda f: bool(f.body.get("tools") or f.body.get("functions")),
-    "has_thinking": lambda f: _has_thinking(f.body),
-    "last_user_message": lambda f: last_user_message(f.body),
-    "block_types": _block_types,
+COMPUTED = {
+    "input_tokens": estimate_tokens,
+    "has_images": _has_images,
+    "has_tools": lambda body: bool(body.get("tools") or body.get("functions")),
+    "has_thinking": _has_thinking,
+    "last_user_message": last_user_message,
 }
 
 
-class Facts(dict):
-    """The root a routing rule's `when` is evaluated on; facts appear as they are read."""
+class _Headers(dict):
+    """The request headers as a rule reads them (`headers."x-tier"`), by any case of name,
+    without copying them all."""
 
-    __slots__ = ("body", "request_headers", "dialect")
+    __slots__ = ("source",)
 
-    def __init__(self, body, headers, dialect):
+    def __init__(self, source):
         super().__init__()
-        self.body, self.request_headers, self.dialect = body, headers, dialect
+        self.source = source
 
     def get(self, key, default=None):
-        try:
-            return self[key]
-        except KeyError:
-            compute = COMPUTE.get(key)
-            if compute is None:
-                return default
-            value = self[key] = compute(self)
-            return value
+        return self.source.get(key, default)
+
+
+def reads(expression):
+    """The computed facts a `when` names (any field of that name: a superset, found at load)."""
+    if not isinstance(expression, str):
+        return set()
+    names, stack = set(), [jmespath.compile(expression).parsed]
+    while stack:
+        node = stack.pop()
+        if node.get("type") == "field" and node.get("value") in COMPUTED:
+            names.add(node["value"])
+        stack.extend(c for c in node.get("children", ()) if isinstance(c, dict))
+    return names
+
+
+def facts(body, headers, dialect, computed=()):
+    """The root a rule list is evaluated on, with the computed facts it reads."""
+    out = {"model": body.get("model"), "body": body, "headers": _Headers(headers), "dialect": dialect,
+           "stream": body.get("stream") is True}
+    for name in computed:
+        out[name] = COMPUTED[name](body)
+    return out

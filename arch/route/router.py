@@ -2,16 +2,24 @@
 
 In order: the global routing rules (the config's, then the rules
 directories'), then the rules of the alias the request names (or the rule
-chose), then the name's route. Each step that changed something adds a short
-reason, so `x-arch-route`, the access log, traces and metrics can say what
-decided.
+chose), then the name's route; a request without a model, or for an alias
+that routes by preferences, then asks the router model (`prefer`). Each step
+that changed something adds a short reason, so `x-arch-route`, the access
+log, traces and metrics can say what decided.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arch.errors import ConfigError, GatewayError
+from arch.route import balance, prefer
 from arch.route.balance import Pool
-from arch.route.facts import Facts
+from arch.route.facts import COMPUTED, facts
+from arch.route.resolve import first_target
 from arch.route.rules import compile_rules, first_match
+
+
+def _reads(rules):
+    """The computed facts a rule list needs, in a fixed order."""
+    return tuple(sorted(set().union(*(r.reads for r in rules))))
 
 
 @dataclass
@@ -21,6 +29,7 @@ class Decision:
     alias: str | None   # the alias it went through, if any
     why: str            # for x-arch-route and the log: "rule long-prompts -> gemini-pro"
     decided_by: str | None  # the rule that decided (a metric label), None when only the name did
+    pending: bool = field(default=False)  # the router model is still to be asked (`Router.prefer`)
 
 
 class Router:
@@ -32,40 +41,95 @@ class Router:
             found, broken = compile_rules(specs, where)
             problems.extend(broken)
             for rule in found:
-                try:
-                    routes.resolve(rule.target)
-                except GatewayError:
-                    problems.append(f"{rule.where}.target: {rule.target!r} is not a configured model or alias")
+                if not self._serves(rule.target) and rule.target not in self.preferences:
+                    problems.append(f"{rule.where}.target: {rule.target!r} is not a configured model, alias"
+                                    " or routing preference")
             return found
+
+        self.preferences, self.warnings = {}, []
+        for n, spec in enumerate(config.preferences):
+            missing = [m for m in spec["models"] if not self._serves(m)]
+            problems += [f"{config.path}: routing_preferences[{n}].models: {m!r} is not a configured model"
+                         for m in missing]
+            self.preferences[spec["name"]] = prefer.Preference(spec["name"], spec["description"],
+                                                               tuple(spec["models"]), spec["prefer"])
+        self.preference_aliases = set(config.preference_aliases)
+        self.router_target = self.default = None
+        self.router_timeout, self.translation = config.router["timeout"], None
+        self.cache, self.prices = prefer.Cache(), rules.prices
+        if self.preferences or self.preference_aliases:
+            model = config.router["model"]
+            if model and self._serves(model):
+                self.router_target = first_target(routes.resolve(model)[0])
+                self.translation = rules.translation("openai", self.router_target.dialect)
+            else:
+                self.warnings.append(f"routing.model: {model!r} is not a configured model; requests routed by"
+                                     " preference go to the default target" if model else
+                                     "routing_preferences: no router model (routing.model); requests routed by"
+                                     " preference go to the default target")
+            default = config.router["default"] or next((p.name for p in config.providers if p.default), None) \
+                or (config.providers[0].name if config.providers else None)
+            if default and not self._serves(default):
+                problems.append(f"{config.path}: routing.default: {default!r} is not a configured model")
+            self.default = default
 
         specs, source = rules.routing
         self.rules = (compiled(config.routing_rules, f"{config.path}: routing_rules")
                       + compiled(specs, f"{source}: routing_rules"))
         self.alias_rules = {alias: compiled(found, f"{config.path}: model_aliases.{alias}.routing_rules")
                             for alias, found in config.alias_rules.items()}
+        self.reads = _reads(self.rules)
+        self.alias_reads = {alias: _reads(found) for alias, found in self.alias_rules.items()}
         if problems:
             raise ConfigError(problems)
         # deployment -> (its State, its pool's Settings): what the handler reports each attempt to
         self.tracked = {t: (state, pool.settings) for pool in routes.pools
                         for t, state in zip(pool.targets, pool.states)}
 
+    def _serves(self, name):
+        try:
+            self.routes.resolve(name)
+            return True
+        except GatewayError:
+            return False
+
     def decide(self, body, headers, dialect):
         """The Decision for a request; a name nothing serves is a 404."""
         name, alias, decided_by, why = body.get("model"), None, None, []
-        facts = Facts(body, headers, dialect) if self.rules or self.alias_rules else None
-        rule = self.rules and first_match(self.rules, facts)
+        root = None
+        if self.rules:
+            root = facts(body, headers, dialect, self.reads)
+            rule = first_match(self.rules, root)
+        else:
+            rule = None
         if rule:
             name, decided_by = rule.target, rule.name
             why.append(f"rule {rule.name}")
         alias_rules = self.alias_rules.get(name)
         if alias_rules is not None:
             alias = name
-            rule = first_match(alias_rules, facts)
+            if root is None:
+                root = facts(body, headers, dialect, self.alias_reads[alias])
+            else:
+                root.update((k, COMPUTED[k](body)) for k in self.alias_reads[alias] if k not in root)
+            rule = first_match(alias_rules, root)
             if rule:
                 name, decided_by = rule.target, f"{alias}: {rule.name}"
                 why.append(f"{alias} rule {rule.name}")
             else:
                 why.append(f"{alias} default")
+        if name is None or name in self.preference_aliases:  # the router model decides (see prefer)
+            if not self.preferences:
+                raise GatewayError(400, "model: a model is required (no routing_preferences are configured)",
+                                   "model")
+            alias = name
+            why += [name] if name else []
+            route = self.routes.resolve(name or self.default)
+            return Decision(route, name, alias, " ".join(why), decided_by, pending=True)
+        if name in self.preferences and not self._serves(name):  # a rule chose a route by its name
+            route, chosen = self._preferred(self.preferences[name], body, headers)
+            why.append(f"preference {name} -> {chosen}")
+            return Decision(route, name, alias, " ".join(why), decided_by or name)
         route = self.routes.resolve(name)
         if alias is None and name in self.routes.aliases:
             alias = name
@@ -90,3 +154,43 @@ class Router:
                     why.append(f"-> {step.name}")
                 out.append(step)
         return out
+
+    def _preferred(self, preference, body, headers):
+        """(targets, the first one's name): the preference's models in its selection order."""
+        names = list(preference.models)
+        if preference.prefer == "cheapest":
+            def price(name):
+                p = self.prices.get(first_target(self.routes.resolve(name)[0]).model) or {}
+                return (p.get("input", 0) + p.get("output", 0)) if p else float("inf")
+            names.sort(key=price)
+        elif preference.prefer == "fastest":  # measured time to first byte; the unmeasured after
+            names.sort(key=lambda n: balance.LATENCY.get(first_target(self.routes.resolve(n)[0]).name, float("inf")))
+        steps = [step for n in names for step in self.routes.resolve(n)]
+        why = []
+        route = self._choose(steps, body, headers, why)
+        return route, why[0][3:]
+
+    async def prefer(self, decision, body, headers, pool, request_id):
+        """Finish a pending Decision: the router model's route, or the default target when
+        it gives none (timeout, error, unreadable, `other`). Never raises."""
+        key = prefer.Cache.key(body)
+        name, how = self.cache.get(key), "cached"
+        if name is None:
+            if self.router_target is None:
+                name, how = None, "no router model"
+            else:
+                name, how = await prefer.ask(pool, self.router_target, self.translation,
+                                             list(self.preferences.values()), body, self.router_timeout, request_id)
+                how = how or "router"
+                if name is not None:
+                    self.cache.put(key, name)
+        why = [decision.why] if decision.why else []
+        if name in self.preferences:
+            route, chosen = self._preferred(self.preferences[name], body, headers)
+            why.append(f"preference {name} ({how}) -> {chosen}")
+            return Decision(route, decision.name, decision.alias, " ".join(why), f"preference {name}")
+        route = decision.route
+        if route.balanced:
+            route = self._choose(route, body, headers, [])
+        why.append(f"preference {name or 'none'} ({how}) -> default {route[0].name}")
+        return Decision(route, decision.name, decision.alias, " ".join(why), "preference default")

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from jmespath.exceptions import JMESPathError
 
 from arch.errors import ConfigError
+from arch.route.facts import reads
 from arch.rules.dialects import rule_interpreter
-from arch.rules.mapping import compile_expr, truthy
+from arch.rules.mapping import compile_expr
 
 _INTERPRETER = rule_interpreter({})
 
@@ -19,6 +20,7 @@ class Rule:
     when: object   # Facts -> value; the rule holds when it is JMESPath-true
     target: str
     where: str     # file and path, for messages
+    reads: frozenset  # the computed facts its `when` names
 
 
 def compile_rules(specs, where):
@@ -31,7 +33,8 @@ def compile_rules(specs, where):
         except ConfigError as e:
             problems.extend(e.problems)
             continue
-        rules.append(Rule(spec.get("name") or here.rpartition(": ")[2], when, spec["target"], here))
+        rules.append(Rule(spec.get("name") or here.rpartition(": ")[2], when, spec["target"], here,
+                          frozenset(reads(spec["when"]))))
     return rules, problems
 
 
@@ -40,8 +43,9 @@ def first_match(rules, facts):
     type by an odd body) does not hold: a client's bytes never turn a rule into a 500."""
     for rule in rules:
         try:
-            if truthy(rule.when(facts)):
-                return rule
-        except JMESPathError:
+            value = rule.when(facts)
+        except (JMESPathError, TypeError):  # a function given the wrong type, a string compared to a number
             continue
+        if value is not None and value is not False and value != "" and value != [] and value != {}:
+            return rule  # JMESPath truth, inline: this loop runs every rule of every request
     return None

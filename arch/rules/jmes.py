@@ -116,6 +116,20 @@ def compile_node(node, interpreter):
         if op in ("eq", "ne") and _plain_literal(children[1]):  # e.type == 'text': no number rules apply
             value, negate = children[1]["value"], op == "ne"
             return lambda v: (left(v) == value) is not negate
+        const = children[1]["value"] if children[1]["type"] == "literal" else None
+        if type(const) in (int, float) and op in ("eq", "ne"):  # a number never equals a boolean
+
+            def same(v):
+                a = left(v)
+                return a == const and type(a) is not bool
+            return same if op == "eq" else lambda v: not same(v)
+        if type(const) in (int, float) and op in _ORDER:  # `x > `100``: the common case first
+            order = _ORDER[op]
+
+            def against(v):
+                a = left(v)
+                return order(a, const) if type(a) in (int, float) or _is_comparable(a) else None
+            return against
         if op == "eq":
             return lambda v: _equals(left(v), right(v))
         if op == "ne":
