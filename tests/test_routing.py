@@ -216,7 +216,7 @@ def test_validate_reports_bad_rules_with_their_path(tmp_path):
     code, out = archgw("validate", str(path))
     assert code == 1, out
     assert "routing_rules[0].when: invalid JMESPath 'input_tokens >'" in out
-    assert "routing_rules[1].target: 'gpt-9' is not a configured model or alias" in out
+    assert "routing_rules[1].target: 'gpt-9' is not a configured model, alias or routing preference" in out
     assert "model_aliases.auto.routing_rules[0].when: invalid JMESPath" in out
 
 
