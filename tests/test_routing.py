@@ -116,7 +116,9 @@ def rules_gw(fakes, tmp_path_factory):
     rules_dir = tmp_path_factory.mktemp("rules")
     (rules_dir / "routing.yaml").write_text(
         "routing_rules:\n  - {name: from-rules-dir, when: \"headers.\\\"x-team\\\" == 'research'\", target: gpt-4o}\n")
-    cfg = config(fakes, aliases={"auto": {"target": "gpt-4o-mini", "routing_rules": [
+    cfg = config(fakes, providers=[{"model": "openai/chatgpt-4o-latest", "access_key": "$OPENAI_API_KEY",
+                                    "base_url": fakes[0].url}],
+                 aliases={"auto": {"target": "gpt-4o-mini", "routing_rules": [
         {"name": "long-context", "when": "input_tokens > `2000`", "target": "claude-3-5-sonnet-20241022"},
         {"name": "vision", "when": "has_images", "target": "gpt-4o"},
         {"name": "thinking", "when": "has_thinking", "target": "claude-3-5-sonnet-20241022"},
@@ -129,6 +131,8 @@ def rules_gw(fakes, tmp_path_factory):
     cfg["routing_rules"] = [
         {"name": "free-tier", "when": "headers.\"x-tier\" == 'free'", "target": "fast-model"},
         {"name": "legacy-name", "when": "model == 'gpt-3.5-turbo'", "target": "auto"},
+        # rules/models.yaml: chatgpt-4o-latest has no tool support
+        {"name": "needs-tools", "when": "has_tools && model_facts && !(model_facts.tools)", "target": "gpt-4o"},
     ]
     cfg["rules"] = [str(rules_dir)]
     gw = start_gateway(cfg, env=GATEWAY_ENV)
@@ -157,6 +161,15 @@ def routed(gw, body, headers=None, path="/v1/chat/completions"):
 ], ids=["default", "input_tokens", "has_images", "has_thinking", "has_tools", "last_user_message", "body"])
 def test_alias_rules_on_every_fact(rules_gw, body, why, model):
     assert routed(rules_gw, {"model": "auto", **body}) == (why, model)
+
+
+def test_rule_on_model_facts_avoids_a_model_without_tools(rules_gw):
+    assert routed(rules_gw, {"model": "chatgpt-4o-latest", "messages": USER, "tools": TOOLS}) == \
+        ("rule needs-tools -> openai/gpt-4o", "gpt-4o")
+    assert routed(rules_gw, {"model": "chatgpt-4o-latest", "messages": USER}) == \
+        ("-> openai/chatgpt-4o-latest", "chatgpt-4o-latest")
+    assert routed(rules_gw, {"model": "gpt-4o-mini", "messages": USER, "tools": TOOLS}) == \
+        ("-> openai/gpt-4o-mini", "gpt-4o-mini")  # it has tools: the rule does not hold
 
 
 def test_rule_on_stream_and_dialect(rules_gw, fakes):

@@ -14,6 +14,8 @@ the list being evaluated names them, which is known at load (`reads`):
     has_tools      tool definitions offered
     has_thinking   extended thinking / reasoning effort asked for
     last_user_message  the text of the last user message ("" when none)
+    model_facts    what rules/models.yaml says of the requested model ({context_window,
+                   max_output_tokens, vision: true, tools: true, ...}; null when it says nothing)
 """
 import jmespath
 
@@ -65,6 +67,7 @@ COMPUTED = {
     "has_tools": lambda body: bool(body.get("tools") or body.get("functions")),
     "has_thinking": _has_thinking,
     "last_user_message": last_user_message,
+    "model_facts": None,  # needs the routes and the model table: given to `facts` by the router
 }
 
 
@@ -95,10 +98,15 @@ def reads(expression):
     return names
 
 
-def facts(body, headers, dialect, computed=()):
+def facts(body, headers, dialect, computed=(), model_facts=None):
     """The root a rule list is evaluated on, with the computed facts it reads."""
     out = {"model": body.get("model"), "body": body, "headers": _Headers(headers), "dialect": dialect,
            "stream": body.get("stream") is True}
-    for name in computed:
-        out[name] = COMPUTED[name](body)
+    add(out, body, computed, model_facts)
     return out
+
+
+def add(out, body, computed, model_facts):
+    for name in computed:
+        if name not in out:
+            out[name] = model_facts(out["model"]) if name == "model_facts" else COMPUTED[name](body)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from arch.errors import ConfigError, GatewayError
 from arch.route import balance, prefer
 from arch.route.balance import Pool
-from arch.route.facts import COMPUTED, facts
+from arch.route.facts import add, facts
 from arch.route.resolve import first_target
 from arch.route.rules import compile_rules, first_match
 
@@ -56,7 +56,7 @@ class Router:
         self.preference_aliases = set(config.preference_aliases)
         self.router_target = self.default = None
         self.router_timeout, self.translation = config.router["timeout"], None
-        self.cache, self.prices = prefer.Cache(), rules.prices
+        self.cache, self.prices, self.models = prefer.Cache(), rules.prices, rules.models
         if self.preferences or self.preference_aliases:
             model = config.router["model"]
             if model and self._serves(model):
@@ -86,6 +86,14 @@ class Router:
         self.tracked = {t: (state, pool.settings) for pool in routes.pools
                         for t, state in zip(pool.targets, pool.states)}
 
+    def _model_facts(self, name):
+        """rules/models.yaml's view of the model a name resolves to, or None."""
+        try:
+            facts = self.models.get(first_target(self.routes.resolve(name)[0]).model)
+        except GatewayError:
+            return None
+        return facts and facts.view
+
     def _serves(self, name):
         try:
             self.routes.resolve(name)
@@ -98,7 +106,7 @@ class Router:
         name, alias, decided_by, why = body.get("model"), None, None, []
         root = None
         if self.rules:
-            root = facts(body, headers, dialect, self.reads)
+            root = facts(body, headers, dialect, self.reads, self._model_facts)
             rule = first_match(self.rules, root)
         else:
             rule = None
@@ -109,9 +117,9 @@ class Router:
         if alias_rules is not None:
             alias = name
             if root is None:
-                root = facts(body, headers, dialect, self.alias_reads[alias])
+                root = facts(body, headers, dialect, self.alias_reads[alias], self._model_facts)
             else:
-                root.update((k, COMPUTED[k](body)) for k in self.alias_reads[alias] if k not in root)
+                add(root, body, self.alias_reads[alias], self._model_facts)
             rule = first_match(alias_rules, root)
             if rule:
                 name, decided_by = rule.target, f"{alias}: {rule.name}"
