@@ -284,9 +284,11 @@ def test_original_v01_file_loads_and_reports_what_is_not_supported(tmp_path):
     assert code == 0, out
     assert re.search(r"OK \(4 model\(s\), 2 alias\(es\)", out)
     # tracing.random_sampling is implemented (observability), so it is not in this list
-    for key in ("endpoints", "overrides", "system_prompt", "prompt_targets",
-                "listeners.ingress_traffic", "llm_providers[3].routing_preferences"):
+    for key in ("endpoints", "overrides.prompt_target_intent_matching_threshold", "system_prompt",
+                "prompt_targets", "listeners.ingress_traffic"):
         assert re.search(rf"{re.escape(key)}: .*not supported", out), f"{key} dropped silently:\n{out}"
+    # routing preferences are served: the inline form is read as the top-level one, said once
+    assert "llm_providers[3].routing_preferences: the inline (v0.3) form, read as top-level" in out
 
 
 def test_original_v03_listener_list_file_loads(tmp_path):
