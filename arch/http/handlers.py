@@ -236,6 +236,15 @@ class Chat(Base):
         client = self.runtime.rules.dialects[self.dialect]
         client.validate(body)
         self.record["stream"] = body.get("stream") is True
+        route = await self._route(body)
+        if admission is not None:
+            self.ticket = await admission.admit(key, body.get("model"), body, self.request.headers, self.dialect,
+                                                self.request_id)
+        await self._forward(client, body, route)
+
+    async def _route(self, body):
+        """The targets for this request (rules, name, balancing, preferences), the decision
+        recorded and returned in `x-arch-route`."""
         router = self.runtime.router
         decision = router.decide(body, self.request.headers, self.dialect)
         if decision.pending:  # the router model chooses
@@ -243,10 +252,7 @@ class Chat(Base):
         self.record["alias"], self.record["route"] = decision.alias, decision.why
         self.record["decided_by"] = decision.decided_by
         self.set_header("x-arch-route", decision.why)
-        if admission is not None:
-            self.ticket = await admission.admit(key, body.get("model"), body, self.request.headers, self.dialect,
-                                                self.request_id)
-        await self._forward(client, body, decision.route)
+        return decision.route
 
     def _note_model(self, body):
         """The model the body names, logged even when the request is then refused (capped: untrusted)."""

@@ -12,6 +12,7 @@ import json
 
 from arch.errors import GatewayError
 from arch.http.handlers import Base, Chat, _Exchange
+from arch.route.resolve import first_target
 from arch.rules.responses import input_items
 from arch.state.responses import conversation, record
 
@@ -32,11 +33,9 @@ class Create(Chat):
         body = self._body()
         client = self.runtime.rules.dialects[self.dialect]
         client.validate(body)
-        self.record["requested_model"] = name = body["model"]
+        self.record["requested_model"] = body["model"]
         self.record["stream"] = body.get("stream") is True
-        route = self.runtime.routes.resolve(name)
-        if name in self.runtime.routes.aliases:
-            self.record["alias"] = name
+        route = await self._route(body)
         self.history = {}  # provider dialect -> the conversation before this request, or None
         self.continues = None
         previous = body.get("previous_response_id")
@@ -136,7 +135,7 @@ class Compact(Create):
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise GatewayError(400, "model: a string is required", "model")
         self.record["requested_model"] = body["model"]
-        target = self.runtime.routes.resolve(body["model"])[0]
+        target = first_target(self.runtime.routes.resolve(body["model"])[0])
         self.record["provider"], self.record["model"] = target.provider, target.model
         native = target.native.get(DIALECT)
         if not native or not native[1]:
