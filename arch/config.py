@@ -6,6 +6,7 @@ list, `model_providers`). Keys this gateway does not implement are reported
 as warnings by name, never dropped silently. `$VAR` and `${VAR}` are read from
 the environment or from a `.env` file beside the config.
 """
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -34,6 +35,15 @@ DEFAULT_MAX_BODY = "32MB"
 # Below the idle timeouts of common load balancers and NATs (60 s and up), so that we
 # close an idle provider connection before a middlebox forgets it without telling us.
 DEFAULT_KEEPALIVE = 50.0
+DEFAULT_MAX_HEADER = "64KB"
+# Headers must arrive within header_timeout (also how long an idle keep-alive connection is kept);
+# a body within body_timeout. A stalled client is dropped, not held.
+DEFAULT_HEADER_TIMEOUT = 60.0
+DEFAULT_BODY_TIMEOUT = 300.0
+# What a browser may send on a CORS preflight when `cors` does not say (`*` ends a prefix).
+CORS_HEADERS = ("authorization", "content-type", "x-api-key", "anthropic-version", "anthropic-beta",
+                "anthropic-dangerous-direct-browser-access", "x-request-id", "traceparent", "openai-organization",
+                "openai-project", "x-stainless-*")
 ENTRY_LISTS = ("llm_providers", "model_providers", "model_aliases")
 
 
@@ -61,6 +71,14 @@ class Config:
     max_body_bytes: int
     drain_seconds: float
     keepalive_seconds: float
+    header_timeout: float
+    body_timeout: float
+    max_header_bytes: int
+    max_connections: int | None       # None: from the file-descriptor limit (arch/http/listen.py)
+    allowed_hosts: frozenset | None   # Host header names accepted (no port); None: any
+    list_models: bool                 # a 404 for an unknown model lists the served names
+    anthropic_betas: tuple | None     # anthropic-beta values passed on (`*` ends a prefix); None: all
+    cors: dict | None                 # {"origins": set, "headers": tuple, "max_age": int}; None: no browsers
     tracing: dict | None
     access_log_file: str | None
     log_content: bool
@@ -210,15 +228,31 @@ def load_config(path):
     if unset:
         raise ConfigError(unset)
     access = raw.get("access_log") or {}
+    address = listener.get("address", "0.0.0.0")
+    loopback = is_loopback(address)
+    hosts = listener.get("allowed_hosts")
+    if hosts is None and loopback:  # a DNS-rebinding page names its own host: refused
+        hosts = ["localhost", "127.0.0.1", "::1", address]
+    cors = raw.get("cors")
     alias_specs = {name: spec for name, spec in (raw.get("model_aliases") or {}).items()
                    if ("model_aliases", name) not in broken}
     aliases = {name: _alias_targets(spec) for name, spec in alias_specs.items()}
     balancing = {"": _balancing(raw.get("load_balancing") or {})}
     balancing.update((name, {**balancing[""], **_balancing(spec)}) for name, spec in alias_specs.items())
-    return Config(path=path, address=listener.get("address", "0.0.0.0"), port=listener.get("port", 12000),
+    return Config(path=path, address=address, port=listener.get("port", 12000),
                   max_body_bytes=parse_size(listener.get("max_body_size", DEFAULT_MAX_BODY)),
                   drain_seconds=parse_duration(listener.get("drain_timeout", 30)),
                   keepalive_seconds=parse_duration(listener.get("keepalive_timeout", DEFAULT_KEEPALIVE)),
+                  header_timeout=parse_duration(listener.get("header_timeout", DEFAULT_HEADER_TIMEOUT)),
+                  body_timeout=parse_duration(listener.get("body_timeout", DEFAULT_BODY_TIMEOUT)),
+                  max_header_bytes=parse_size(listener.get("max_header_size", DEFAULT_MAX_HEADER)),
+                  max_connections=listener.get("max_connections"),
+                  allowed_hosts=None if hosts is None or "*" in hosts else frozenset(h.lower().strip("[]") for h in hosts),
+                  list_models=listener.get("list_models_in_errors", loopback),
+                  anthropic_betas=None if listener.get("anthropic_betas") is None else tuple(listener["anthropic_betas"]),
+                  cors=cors and {"origins": frozenset(o.rstrip("/").lower() for o in cors["origins"]),
+                                 "headers": tuple(h.lower() for h in cors.get("headers", CORS_HEADERS)),
+                                 "max_age": int(parse_duration(cors.get("max_age", 600)))},
                   tracing=raw.get("tracing"), access_log_file=access.get("file") and str(path.parent / access["file"]), log_content=bool(access.get("content")),
                   providers=providers, aliases=aliases, balancing=balancing,
                   alias_fallbacks={name: tuple(spec.get("fallbacks") or ()) for name, spec in alias_specs.items()},
@@ -257,6 +291,15 @@ def _balancing(spec):
     out = {k: spec[k] for k in ("strategy", "affinity", "consecutive_failures") if k in spec}
     out.update((k, parse_duration(spec[k])) for k in ("base_ejection", "max_ejection") if k in spec)
     return out
+
+
+def is_loopback(address):
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _listener(listeners, warnings, where):

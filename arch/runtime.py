@@ -67,7 +67,7 @@ def build(config_path, rules_dirs=(), shares=1):
                             f" requests to {cfg.name} will fail until it is")
     routes = router = None
     try:
-        routes = Routes(targets, config.aliases, unserved, config.alias_fallbacks, config.balancing)
+        routes = Routes(targets, config.aliases, unserved, config.alias_fallbacks, config.balancing, config.list_models)
         warnings.extend(f"{config.path}: {w}" for w in routes.warnings)
     except ConfigError as e:
         problems.extend(f"{config.path}: {p}" for p in e.problems)

@@ -10,6 +10,7 @@ import copy
 import fcntl
 import hashlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -96,26 +97,28 @@ def _with_port(config, port) -> str:
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def start_gateway(config, env=None, extra_args=(), timeout=15.0) -> Gateway:
+def start_gateway(config, env=None, extra_args=(), timeout=15.0, fd_limit=None) -> Gateway:
     """Start the gateway on a free port with `config` (YAML text or dict) and
     `env` merged over os.environ; return once `GET /healthz` answers 200.
+    `fd_limit`: (soft, hard) RLIMIT_NOFILE for the process.
     Raises GatewayStartError (with the output) if it dies or times out."""
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="arch-gw-"))
     (workdir / "config.yaml").write_text(_with_port(config, port))
-    return launch(workdir, port, {**os.environ, **(env or {})}, extra_args, timeout)
+    return launch(workdir, port, {**os.environ, **(env or {})}, extra_args, timeout, fd_limit=fd_limit)
 
 
 def launch(workdir: Path, port: int, env: dict, extra_args=(), timeout=15.0,
-           command=(sys.executable, "-m", "arch"), cwd=ROOT) -> Gateway:
+           command=(sys.executable, "-m", "arch"), cwd=ROOT, fd_limit=None) -> Gateway:
     """`python -m arch up workdir/config.yaml` (or `command up ...`, run in `cwd`)
     with exactly `env`, listening on `port`; returns once /healthz answers,
-    raises GatewayStartError if not."""
+    raises GatewayStartError if not. `fd_limit`: (soft, hard) RLIMIT_NOFILE."""
+    limit = None if fd_limit is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, fd_limit))
     with open(workdir / "output.log", "wb") as log:
         proc = subprocess.Popen(
             [*command, "up", str(workdir / "config.yaml"), *extra_args],
             cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**env, "PYTHONUNBUFFERED": "1"})
+            env={**env, "PYTHONUNBUFFERED": "1"}, preexec_fn=limit)
     gw = Gateway(proc, port, workdir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

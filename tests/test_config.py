@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from arch.config import load_config
 from conftest import (GATEWAY_ENV, ROOT, GatewayStartError, anthropic_client,
                       free_port, launch, openai_client, start_gateway)
 
@@ -546,3 +548,19 @@ def test_env_var_in_base_url(workdir, openai_fake):
         assert openai_fake.last["headers"]["authorization"] == "Bearer sk-from-environment"
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("listener, hosts, listed", [
+    ({"address": "127.0.0.1"}, {"localhost", "127.0.0.1", "::1"}, True),
+    ({"address": "::1"}, {"localhost", "127.0.0.1", "::1"}, True),
+    ({"address": "0.0.0.0"}, None, False),
+    ({"address": "0.0.0.0", "allowed_hosts": ["gw.example.com"], "list_models_in_errors": True},
+     {"gw.example.com"}, True),
+    ({"address": "127.0.0.1", "allowed_hosts": ["*"], "list_models_in_errors": False}, None, False),
+])
+def test_host_check_and_model_list_default_by_address(tmp_path, listener, hosts, listed):
+    """A loopback listener checks Host (DNS rebinding) and lists models in a 404; one
+    reachable from elsewhere does neither unless told to."""
+    config = load_config(write(tmp_path, yaml.safe_dump({"listeners": {"egress_traffic": listener}})))
+    assert config.allowed_hosts == (None if hosts is None else frozenset(hosts))
+    assert config.list_models is listed

@@ -285,7 +285,7 @@ def test_wrong_content_type_never_breaks_the_gateway(gw, path, ctype):
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_a_slow_client_byte_at_a_time_is_served_and_does_not_block_others(gw, path):
     body = json.dumps(minimal(path)).encode()
-    head = b"POST %s HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
+    head = b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
         path.encode(), len(body))
     result = {}
 

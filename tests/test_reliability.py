@@ -471,7 +471,7 @@ def plain_gw(fakes):
 
 def _http_request(path, body):
     data = json.dumps(body).encode()
-    return (b"POST %s HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nAuthorization: Bearer k\r\n"
+    return (b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAuthorization: Bearer k\r\n"
             b"anthropic-version: 2023-06-01\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
 
 

@@ -397,3 +397,28 @@ def test_each_worker_listens_on_its_own_socket(workers_gw):
     assert len(_listening_sockets(workers_gw.port)) == 2
     assert all(models(workers_gw) for _ in range(4))  # and both serve
 
+
+def _workers(gw):
+    return {int(p) for p in Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()}
+
+
+@pytest.mark.parametrize("then_break", [False, True], ids=["reload", "reload-then-broken-edit"])
+def test_replacement_worker_serves_what_the_live_workers_serve(workers_gw, then_break):
+    """A worker that dies is replaced by one with the configuration the others
+    serve: the one reloaded since start, even when a broken edit followed."""
+    gw = workers_gw
+    st = gw.config_path.stat()
+    text = gw.config_path.read_text().replace("pick:", "kcip:")  # a new alias, and the file keeps its size
+    atomic_write(gw.config_path, text)
+    os.utime(gw.config_path, ns=(st.st_atime_ns, st.st_mtime_ns))  # invisible to the file watchers: SIGHUP tells
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: gw.output().count(RELOADED) >= 2, 10, "both workers to reload")
+    if then_break:
+        atomic_write(gw.config_path, text + "\nmodel_aliases: [broken\n")
+        wait_for(lambda: gw.output().count(REJECTED) >= 2, 10, "both workers to reject the edit")
+    victim = min(_workers(gw))
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(_workers(gw) - {victim}) == 2, 10, "a replacement worker")
+    for _ in range(40):  # each on a new connection: both workers answer some
+        with openai_client(gw) as client:
+            assert ask(client, "kcip").model

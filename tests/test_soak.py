@@ -87,7 +87,7 @@ def _check(kind, resp):
 def _hang_up(gw, mid_stream):
     body = json.dumps({"model": CLAUDE if mid_stream else GPT, "stream": True, "messages": USER}).encode()
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         if mid_stream:
             sock.recv(100)  # the head of the answer has arrived; go away now

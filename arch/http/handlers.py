@@ -12,13 +12,18 @@ import re
 import time
 import uuid
 
+from functools import partial
+
 from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from arch.observe import report
 
 from arch import schemas
+from arch.admit import browser
+from arch.admit.forward import anthropic_betas
 from arch.errors import GatewayError
+from arch.http import body as request_body
 from arch.rules.functions import estimate_tokens
 from arch.rules.stream import Passthrough, StreamBroken, Translate, find_usage
 from arch.observe.tracing import tracer
@@ -39,11 +44,8 @@ UPSTREAM_TAIL = 2.0
 # A lone surrogate ("\ud83d" in the JSON text, half an emoji) has no UTF-8 form: write it back as that escape.
 _ESCAPE = "backslashreplace"
 MAX_LOGGED_MODEL = 200  # characters of a requested model name kept in the log and metrics
-
-
-def _not_json(constant):
-    """NaN and Infinity are not JSON (RFC 8259); Python would accept them and pass them on."""
-    raise ValueError(f"{constant} is not a JSON value")
+# host:port in a provider failure: for the gateway's log, not for clients.
+_ADDRESS = re.compile(r"\[?[\w.:-]+\]?:\d+\b")
 
 
 class Base(RequestHandler):
@@ -57,11 +59,26 @@ class Base(RequestHandler):
         if dialect:
             self.dialect = dialect
 
+    def set_default_headers(self):
+        self.clear_header("Server")  # the server's name and version help no client
+
     def prepare(self):
         rid = self.request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex[:24]}"
         self.request_id = rid[:200]
         self.set_header("x-request-id", self.request_id)
         self.set_header("request-id", self.request_id)
+        for name, value in browser.admit(self.runtime.config, self.request.headers).items():
+            self.set_header(name, value)
+
+    def options(self, *args):
+        """A CORS preflight from an origin `cors.origins` lists (others got their 403 in prepare)."""
+        headers = browser.preflight(self.runtime.config, self.request.headers)
+        if headers is None:
+            raise HTTPError(405)
+        for name, value in headers.items():
+            self.set_header(name, value)
+        self.set_status(204)
+        self.finish()
 
     def send_json(self, status, body):
         self.set_status(status)
@@ -173,7 +190,8 @@ class Chat(Base):
     The body is received here (stream_request_body) so that one declared larger
     than `max_body_size` is read and dropped, not kept, and answered with a 413
     in the client's dialect (answering before it is read would reset the
-    connection under a client still sending)."""
+    connection under a client still sending). A chunked body has no declared
+    size: it is kept up to the limit, and the 413 goes out as soon as it passes it."""
 
     call = None
     exchange = None
@@ -182,9 +200,13 @@ class Chat(Base):
     _tail = None  # timer closing an upstream response that lingers after the stream ended
     keeps_answers = False  # a handler that stores answers (Responses) defines `keep`
     _kept = None           # the task storing a stream's answer before the client's response ends
+    _parts = None
+    _size = 0
 
     def prepare(self):
         super().prepare()
+        if self.request.method == "OPTIONS":  # a preflight: nothing to receive or report
+            return
         self.record = record = report.new_record(self.request.path, self.dialect)
         record["request_id"] = self.request_id
         record["trace"] = tracer.start(self.request.headers.get("traceparent"))
@@ -195,8 +217,18 @@ class Chat(Base):
             self.request.connection.set_max_body_size(int(length))
 
     def data_received(self, chunk):
-        if self._parts is not None:
+        self._size += len(chunk)
+        if self._parts is None:
+            return
+        if self._size <= self.runtime.config.max_body_bytes:
             self._parts.append(chunk)
+        else:  # chunked, and past the limit: keep nothing more, answer now (Tornado then closes)
+            self._parts = None
+            error = GatewayError(413, f"the request body is over the limit of {self.runtime.config.max_body_bytes}"
+                                      " bytes")
+            self.record["error"] = error.message
+            self.send_error_json(error)
+            self._report()
 
     def write(self, chunk):
         if hasattr(self, "record"):  # not when Tornado rejected the request before prepare()
@@ -204,6 +236,8 @@ class Chat(Base):
         super().write(chunk)
 
     async def post(self):
+        if self._finished:  # already answered (413) while the body was still arriving
+            return
         self.request.body = b"".join(self._parts or ())
         self.record["bytes_in"] = len(self.request.body)
         self.gateway.inflight += 1
@@ -221,20 +255,22 @@ class Chat(Base):
             if exchange is not None and exchange.committed:  # a stream, however it ended
                 report.STREAMS.dec()
                 self.record["usage"] = exchange.provider.usage(exchange.relay.usage)
-            self.record["status"] = self.get_status() if self._finished else 499  # 499: the client left first
-            usd = report.done(self.record, self.runtime.rules.prices, self.request.remote_ip,
-                              self.request.body.decode("utf-8", "replace") if self.runtime.config.log_content else None)
-            if self.ticket is not None:
-                self.runtime.admission.settle(self.ticket, self.record, usd)
+            self._report()
+
+    def _report(self):
+        self.record["status"] = self.get_status() if self._finished else 499  # 499: the client left first
+        body = self.request.body or b""
+        usd = report.done(self.record, self.runtime.rules.prices, self.request.remote_ip,
+                          body.decode("utf-8", "replace") if self.runtime.config.log_content else None)
+        if self.ticket is not None:
+            self.runtime.admission.settle(self.ticket, self.record, usd)
 
     async def _serve(self):
         admission = self.runtime.admission
         if admission is not None:
             self.record["key"] = key = admission.authenticate(self.request.headers)
-        body = self._body()
-        self._note_model(body)
         client = self.runtime.rules.dialects[self.dialect]
-        client.validate(body)
+        body = await self._body(client.validate)
         self.record["stream"] = body.get("stream") is True
         route = await self._route(body)
         if admission is not None:
@@ -259,18 +295,20 @@ class Chat(Base):
         if isinstance(body, dict) and isinstance(body.get("model"), str):
             self.record["requested_model"] = body["model"][:MAX_LOGGED_MODEL]
 
-    def _body(self):
+    async def _body(self, check=None):
+        """The body, parsed, its model noted, and `check`ed; a large one in a worker
+        thread, so that other requests are served meanwhile (see README, Security)."""
         limit = self.runtime.config.max_body_bytes
-        size = int(self.request.headers["Content-Length"]) if self._parts is None else len(self.request.body)
-        if size > limit:
-            raise GatewayError(413, f"the request body is {size} bytes; the limit is {limit}")
-        try:
-            return json.loads(self.request.body.decode("utf-8"), parse_constant=_not_json)
-        except RecursionError:
-            raise GatewayError(400, "the request body is nested too deeply") from None
-        except ValueError as e:
-            ctype = self.request.headers.get("Content-Type", "none")
-            raise GatewayError(400, f"the request body is not valid JSON ({e}; content-type: {ctype})") from None
+        if self._parts is None:
+            raise GatewayError(413, f"the request body is {self.request.headers['Content-Length']} bytes; "
+                                    f"the limit is {limit}")
+        raw, ctype = self.request.body, self.request.headers.get("Content-Type", "none")
+        large = len(raw) >= request_body.LARGE_BODY
+        body = await _off_loop_if(large, request_body.loads, raw, ctype)
+        self._note_model(body)
+        if check is not None:
+            await _off_loop_if(large, check, body)
+        return body
 
     def _endpoint(self, target):
         """(URL, dialect) of the provider endpoint this handler's requests go to: the
@@ -403,6 +441,11 @@ class Chat(Base):
         for name in target.forward_headers:
             if name in self.request.headers:
                 headers[name] = self.request.headers[name]
+        allowed = self.runtime.config.anthropic_betas
+        if allowed is not None and "anthropic-beta" in headers:
+            value = anthropic_betas(headers.pop("anthropic-beta"), allowed)
+            if value:
+                headers["anthropic-beta"] = value
         trace = self.record["trace"]
         if trace:  # the provider's spans nest under ours
             headers["traceparent"] = f"00-{trace[0]}-{trace[1]}-01"
@@ -420,7 +463,9 @@ class Chat(Base):
                 exchange.fail(str(e))
             if exchange.committed or self.client_gone:
                 return False
-            error = GatewayError(504 if e.kind == "timeout" else 502, f"provider for '{target.name}' failed: {e}")
+            log.warning("%s: provider for %r failed: %s", self.request_id, target.name, e)
+            error = GatewayError(504 if e.kind == "timeout" else 502,
+                                 f"provider for '{target.name}' failed: {_ADDRESS.sub('the provider', str(e))}")
             error.retryable = e.kind != "timeout"  # a timeout already cost its full wait: next target
             error.fallback = True
             raise error from None
@@ -469,6 +514,7 @@ class Chat(Base):
         return error
 
     def on_connection_close(self):
+        super().on_connection_close()  # a body still being received is abandoned, not awaited forever
         self.client_gone = True
         if self.call is not None:
             self.call.cancel()
@@ -484,9 +530,7 @@ class CountTokens(Chat):
         admission = self.runtime.admission
         key = admission.authenticate(self.request.headers) if admission is not None else None
         self.record["key"] = key
-        body = self._body()
-        self._note_model(body)
-        schemas.check("anthropic_count_tokens.schema.yaml", body)
+        body = await self._body(partial(schemas.check, "anthropic_count_tokens.schema.yaml"))
         target = first_target(self.runtime.routes.resolve(body["model"])[0])
         if key is not None:  # counting is free: the key's models apply, its limits do not
             admission.keys.permit(key, body["model"])
@@ -500,6 +544,11 @@ class CountTokens(Chat):
             if not 200 <= self.call.status < 300:
                 raise self._upstream_error(client, client, exchange)
             self.send_json(200, b"".join(exchange.buffer))
+
+
+async def _off_loop_if(large, fn, *args):
+    """fn(*args), in a worker thread when `large`."""
+    return await IOLoop.current().run_in_executor(None, fn, *args) if large else fn(*args)
 
 
 class _Exchange:

@@ -30,10 +30,8 @@ class Create(Chat):
     keeps_answers = True
 
     async def _serve(self):
-        body = self._body()
         client = self.runtime.rules.dialects[self.dialect]
-        client.validate(body)
-        self.record["requested_model"] = body["model"]
+        body = await self._body(client.validate)
         self.record["stream"] = body.get("stream") is True
         route = await self._route(body)
         self.history = {}  # provider dialect -> the conversation before this request, or None
@@ -131,7 +129,7 @@ class Compact(Create):
     history = {}
 
     async def _serve(self):
-        body = self._body()
+        body = await self._body()
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise GatewayError(400, "model: a string is required", "model")
         self.record["requested_model"] = body["model"]

@@ -1,18 +1,20 @@
 """The gateway process: routes, listening sockets, reload and shutdown."""
+import json
 import logging
 import os
 import signal
 import socket
 import time
+from http.client import responses as REASONS
 from pathlib import Path
 
-from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from arch.errors import ConfigError
 from arch.http import handlers, responses
+from arch.http.listen import Server, default_max_connections, raise_fd_limit
 from arch.observe import report
 from arch.observe.tracing import tracer
 from arch.rules.load import BUILTIN
@@ -28,6 +30,7 @@ STABLE_WORKER = 30.0
 RESTART_BACKOFF = 0.25
 MAX_RESTART_BACKOFF = 8.0
 CRASH_LIMIT = 5
+WATCH_INTERVAL = 1.0  # seconds between looks at the config and rules files
 
 
 class Gateway:
@@ -61,33 +64,39 @@ class Gateway:
                 seen.append((str(f), None, None))
         return seen
 
-    def watch(self, interval=1.0):
+    def watch(self, interval=WATCH_INTERVAL):
         """Reload when a watched file changes (the polling is a few stat calls)."""
-        def check():
-            seen = self._fingerprint()
-            if seen != self._seen:
-                self._seen = seen
-                self.reload()
-        PeriodicCallback(check, interval * 1000).start()
+        PeriodicCallback(self.follow, interval * 1000).start()
 
-    def reload(self):
-        """Swap in a freshly built Runtime; on any problem keep the old one."""
+    def follow(self, quiet=False):
+        """Reload if a watched file changed since the last look."""
+        seen = self._fingerprint()
+        if seen != self._seen:
+            self._seen = seen
+            self.reload(quiet)
+
+    def reload(self, quiet=False):
+        """Swap in a freshly built Runtime; on any problem keep the old one.
+        `quiet`: the --workers supervisor following along (its workers log and count)."""
         seen = self._fingerprint()  # before reading: an edit made while building is seen by the next check
         try:
             runtime = build(self.config_path, self.rules_dirs, self.workers)
-        except ConfigError as e:
-            log.error("reload rejected, still serving the previous configuration:\n  %s", "\n  ".join(e.problems))
-            report.RELOADS.labels("failure").inc()
-            return False
-        except Exception:  # a rules file that breaks the loader itself must not take the gateway down
-            log.exception("reload rejected, still serving the previous configuration")
-            report.RELOADS.labels("failure").inc()
+        except Exception as e:  # a rules file that breaks the loader itself must not take the gateway down
+            if not quiet:
+                if isinstance(e, ConfigError):
+                    log.error("reload rejected, still serving the previous configuration:\n  %s",
+                              "\n  ".join(e.problems))
+                else:
+                    log.exception("reload rejected, still serving the previous configuration")
+                report.RELOADS.labels("failure").inc()
             return False
         self.runtime = runtime
         self.pool.keepalive = runtime.config.keepalive_seconds
         tracer.configure(runtime.config.tracing)
         report.open_access_log(runtime.config.access_log_file)
         self._seen = seen
+        if quiet:
+            return True
         report.RELOADS.labels("success").inc()
         for w in runtime.warnings:
             log.warning("%s", w)
@@ -125,6 +134,19 @@ def _access_log(handler):
                   1000 * handler.request.request_time())
 
 
+def _refusal(gateway, status, message, head):
+    """A whole HTTP response refusing a connection before Tornado parsed its
+    request, in the dialect `head` (the start of the request) suggests."""
+    lowered = head[:8192].lower()
+    anthropic = lowered.split(b"\r\n", 1)[0].find(b" /v1/messages") >= 0 or b"\nanthropic-version:" in lowered
+    dialect = gateway.runtime.rules.dialects["anthropic" if anthropic else "openai"]
+    status, body = dialect.render_error(status, message)
+    data = json.dumps(body).encode()
+    retry = "retry-after: 1\r\n" if status in (503, 529) else ""
+    return (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(data)}\r\n{retry}connection: close\r\n\r\n").encode() + data
+
+
 def listen(address, port, workers=1):
     """Bind now, so that a busy port fails here, once, before anything starts (the
     caller reports it): the listening sockets of one process, or under --workers
@@ -141,7 +163,7 @@ def serve(gateway, address, bound, workers=1):
     sockets = bound
     if workers > 1:
         port = bound[0].getsockname()[1]
-        if _supervise(workers):
+        if _supervise(gateway, workers):
             return  # the supervisor's workers have all exited
         for sock in bound:
             sock.close()
@@ -149,10 +171,14 @@ def serve(gateway, address, bound, workers=1):
         # kernel spreads connections evenly; one inherited socket lets the least busy worker
         # take nearly all of them.
         sockets = bind_sockets(port, address, reuse_port=True, backlog=4096)
-    # The hard cap for a chunked upload (one with a Content-Length over the limit gets its 413
-    # in the handler, whatever its size); below it, the handler answers 413 in the client's dialect.
-    server = HTTPServer(gateway.application(), max_body_size=4 * config.max_body_bytes,
-                        idle_connection_timeout=300)
+    fd_limit = raise_fd_limit()
+    # A body over the limit gets its 413 from the handler (which stops keeping it at the limit);
+    # Tornado's own cap is only a backstop for a chunked body still arriving after the answer.
+    server = Server(gateway.application(), max_body_size=4 * config.max_body_bytes,
+                    idle_connection_timeout=config.header_timeout, body_timeout=config.body_timeout,
+                    max_header_size=config.max_header_bytes)
+    server.max_connections = config.max_connections or default_max_connections(fd_limit)
+    server.refusal = lambda status, message, head: _refusal(gateway, status, message, head)
     server.add_sockets(sockets)
     gateway.watch()
     loop = IOLoop.current()
@@ -202,20 +228,26 @@ def _hold_port(address, port):
     return held
 
 
-def _supervise(workers):
+def _supervise(gateway, workers):
     """Fork `workers` processes that serve the shared sockets; the parent stays
     to pass SIGTERM/SIGINT/SIGHUP on to them, restart one that crashes, and
     return True once all have exited after a shutdown. In a worker: False.
 
     A worker that crashes soon after it started is restarted after a pause that
     doubles each time (a broken setup must not fork in a tight loop); after
-    CRASH_LIMIT such crashes in a row the gateway stops, exiting 1."""
+    CRASH_LIMIT such crashes in a row the gateway stops, exiting 1.
+
+    The parent follows the files (and SIGHUP) as its workers do, quietly, so
+    that a replacement is forked with the configuration the live workers
+    serve: after a reload, and after a broken edit that they all rejected."""
     children = {}
     stopping = False
+    reload_asked = False
     quick_crashes = 0
     failed = False
 
     def spawn():
+        gateway.follow(quiet=True)
         pid = os.fork()
         if pid == 0:
             # held, not lost, until serve() has the worker's own handlers in place
@@ -227,8 +259,9 @@ def _supervise(workers):
         return False
 
     def forward(signum, _frame):
-        nonlocal stopping
+        nonlocal stopping, reload_asked
         stopping = stopping or signum in (signal.SIGTERM, signal.SIGINT)
+        reload_asked = reload_asked or signum == signal.SIGHUP
         for pid in list(children):
             try:
                 os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
@@ -240,12 +273,22 @@ def _supervise(workers):
     for _ in range(workers):
         if spawn():
             return False
+    next_look = time.monotonic() + WATCH_INTERVAL
     while children:
         try:
-            pid, status = os.wait()
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             break
         except InterruptedError:
+            continue
+        if pid == 0:  # nobody exited: follow the files, then look again shortly
+            if reload_asked:
+                reload_asked = False
+                gateway.reload(quiet=True)
+            elif time.monotonic() >= next_look:
+                next_look = time.monotonic() + WATCH_INTERVAL
+                gateway.follow(quiet=True)
+            time.sleep(0.05)
             continue
         started = children.pop(pid, None)
         report.process_exited(pid)

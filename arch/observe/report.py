@@ -52,7 +52,9 @@ def open_access_log(path):
     if path == _access["path"] and _access["stream"] is not None:
         return
     old = _access["stream"]
-    _access["path"], _access["stream"] = path, open(path, "a", buffering=1) if path else sys.stderr
+    # backslashreplace: a lone surrogate a client sent is written as its JSON escape, never loses the line
+    _access["path"], _access["stream"] = path, (open(path, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
+                                                if path else sys.stderr)
     if old is not None and old is not sys.stderr:
         old.close()
 

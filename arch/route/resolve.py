@@ -12,12 +12,13 @@ from time import time
 from urllib.parse import urlsplit
 
 from arch import __version__
-from arch.errors import ConfigError, GatewayError
+from arch.errors import ConfigError, GatewayError, clip
 from arch.route.balance import Pool, Settings
 from arch.route.patterns import Patterns, is_pattern
 from arch.upstream.client import Timeouts
 
 USER_AGENT = f"archgw/{__version__}"
+MAX_LISTED = 20  # names a 404 lists at most
 MAX_RETRY_WAIT = 30.0  # a provider asking for a longer pause gets no retry: the next fallback is better
 
 
@@ -157,7 +158,7 @@ class Routes:
     most specific first. Entries sharing a `name`, and aliases with several
     targets, are Pools of deployments."""
 
-    def __init__(self, targets, aliases, unserved=(), alias_fallbacks=None, balancing=None):
+    def __init__(self, targets, aliases, unserved=(), alias_fallbacks=None, balancing=None, list_names=True):
         balancing = balancing or {}
         settings = {name: Settings(**spec) for name, spec in balancing.items()}
         default = settings.get("", Settings())
@@ -243,6 +244,11 @@ class Routes:
                          for p, v in reversed(self.by_pattern.entries)}
         self.pools = list({id(s): s for route in [*table.values(), *(r for _, r in patterns)]
                            for s in route if isinstance(s, Pool)}.values())
+        names = self.names()
+        self._listed = ""
+        if list_names:  # said once, at load: which names are served (listener list_models_in_errors)
+            more = f" and {len(names) - MAX_LISTED} more (GET /v1/models)" if len(names) > MAX_LISTED else ""
+            self._listed = f" Available models: {', '.join(names[:MAX_LISTED])}{more}"
 
     @staticmethod
     def _serve(wildcard, name):
@@ -256,8 +262,8 @@ class Routes:
         if route is None and isinstance(name, str):
             route = self._cache.get(name) or self._match(name)
         if not route:
-            raise GatewayError(404, f"The model '{name}' does not exist or is not served by this gateway. "
-                                    f"Available models: {', '.join(self.names())}", "model")
+            raise GatewayError(404, f"The model '{clip(str(name), 100)}' does not exist or is not served by this "
+                                    f"gateway.{self._listed}", "model")
         return route
 
     def _match(self, name):
