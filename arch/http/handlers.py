@@ -44,8 +44,15 @@ UPSTREAM_TAIL = 2.0
 # A lone surrogate ("\ud83d" in the JSON text, half an emoji) has no UTF-8 form: write it back as that escape.
 _ESCAPE = "backslashreplace"
 MAX_LOGGED_MODEL = 200  # characters of a requested model name kept in the log and metrics
-# host:port in a provider failure: for the gateway's log, not for clients.
-_ADDRESS = re.compile(r"\[?[\w.:-]+\]?:\d+\b")
+# host:port in a provider failure (the provider's, a proxy's): for the gateway's log, not for clients.
+_ADDRESS = re.compile(r" \[?[\w.:-]+\]?:\d+\b")
+
+
+def _without_addresses(message):
+    """'cannot connect to 10.0.0.5:8000 through the proxy 10.0.0.9:3128: refused' ->
+    'cannot connect to the provider through the proxy: refused'."""
+    first = []
+    return _ADDRESS.sub(lambda m: "" if first else first.append(1) or " the provider", message)
 
 
 class Base(RequestHandler):
@@ -465,7 +472,7 @@ class Chat(Base):
                 return False
             log.warning("%s: provider for %r failed: %s", self.request_id, target.name, e)
             error = GatewayError(504 if e.kind == "timeout" else 502,
-                                 f"provider for '{target.name}' failed: {_ADDRESS.sub('the provider', str(e))}")
+                                 f"provider for '{target.name}' failed: {_without_addresses(str(e))}")
             error.retryable = e.kind != "timeout"  # a timeout already cost its full wait: next target
             error.fallback = True
             raise error from None
