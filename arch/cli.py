@@ -85,5 +85,4 @@ def _up(args):
     lines += [f"  alias  {a:<40} -> {t}" for a, t in runtime.routes.aliases.items()]
     lines += [f"  match  {p:<40} -> {t.provider} {t.model}" for p, t in runtime.routes.patterns.items()]
     print("\n".join(lines), flush=True)
-    serve(gateway, address, sockets, workers=args.workers)
-    return 0
+    return serve(gateway, address, sockets, workers=args.workers)

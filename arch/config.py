@@ -25,12 +25,15 @@ UNSUPPORTED = ("agents", "endpoints", "system_prompt", "prompt_targets", "prompt
 INTERFACE_ALIASES = {"claude": "anthropic", "arch": "openai_compatible", "openai": "openai_compatible"}
 
 
+RESPONSE_LIMITS = ("max_response_head", "max_response_body", "max_stream_event")
 PROVIDER_KEYS = {"model", "name", "weight", "access_key", "base_url", "default", "provider_interface", "fallbacks",
                  "routing_preferences", "http_host", "timeout", "connect_timeout", "idle_timeout",
-                 "max_retries", "retry_backoff"}
+                 "max_retries", "retry_backoff", *RESPONSE_LIMITS}
 # Long enough for agents and tool use: minutes for a whole answer, seconds to connect.
+# What a provider may send is bounded too, generously: a head, a whole (non-stream) body, one stream event.
 DEFAULT_POLICY = {"timeout": 1800.0, "connect_timeout": 10.0, "idle_timeout": 300.0,
-                  "max_retries": 2, "retry_backoff": 0.5}
+                  "max_retries": 2, "retry_backoff": 0.5,
+                  "max_response_head": 64 << 10, "max_response_body": 64 << 20, "max_stream_event": 16 << 20}
 DEFAULT_MAX_BODY = "32MB"
 # Below the idle timeouts of common load balancers and NATs (60 s and up), so that we
 # close an idle provider connection before a middlebox forgets it without telling us.
@@ -59,7 +62,7 @@ class ProviderConfig:
     fallbacks: tuple     # names to try, in order, when this model fails
     weight: float        # its share among entries with the same name
     default: bool        # `default: true`: where preference routing goes when no route fits
-    policy: dict         # timeouts and retries (see DEFAULT_POLICY)
+    policy: dict         # timeouts, retries, response limits (see DEFAULT_POLICY)
     extra: dict          # provider-specific settings (api_version, ...)
 
 
@@ -140,11 +143,14 @@ def parse_size(value):
 
 
 def _policy(spec, inherited):
-    """Timeouts and retries: the listener's (or the defaults) under a provider's own."""
+    """Timeouts, retries and response limits: the listener's (or the defaults) under a provider's own."""
     out = dict(inherited)
     for key in ("timeout", "connect_timeout", "idle_timeout", "retry_backoff"):
         if key in spec:
             out[key] = parse_duration(spec[key])
+    for key in RESPONSE_LIMITS:
+        if key in spec:
+            out[key] = parse_size(spec[key])
     if "max_retries" in spec:
         out["max_retries"] = spec["max_retries"]
     return out
@@ -159,7 +165,7 @@ def load_config(path):
     except OSError as e:
         raise ConfigError([f"{where}: cannot read: {e.strerror}"]) from None
     except yaml.YAMLError as e:
-        raise ConfigError([f"{where}: not valid YAML: {e}"]) from None
+        raise ConfigError([f"{where}: not valid YAML: {_yaml_problem(e)}"]) from None
     # A broken provider or alias entry is left out and reported with the rest, so that one
     # `archgw validate` lists every problem; anything else broken stops here.
     found = schemas.violations("config.schema.yaml", raw)
@@ -300,6 +306,16 @@ def is_loopback(address):
         return ipaddress.ip_address(address.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _yaml_problem(error):
+    """What is wrong and where, without PyYAML's quote of the line (which may hold a key)."""
+    parts = []
+    for what, mark in (("context", "context_mark"), ("problem", "problem_mark")):
+        text, mark = getattr(error, what, None), getattr(error, mark, None)
+        if text:
+            parts.append(f"{text} (line {mark.line + 1}, column {mark.column + 1})" if mark else text)
+    return "; ".join(parts) or type(error).__name__
 
 
 def _listener(listeners, warnings, where):

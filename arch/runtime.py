@@ -14,6 +14,7 @@ from arch.route.resolve import Routes, make_target, provider_of
 from arch.route.router import Router
 from arch.rules.load import RuleSet, load_rules
 from arch.upstream.client import proxy_problems
+from arch.upstream.redact import Redactor
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,7 @@ class Runtime:
     router: Router
     warnings: list
     admission: Admission | None  # None: no keys, limits or shared state, nothing to check
-
-    @property
-    def secrets(self):
-        """The configured provider keys, longest first, to scrub from what providers echo back
-        (placeholders shorter than 8 characters, like Ollama's "ollama", are no secret)."""
-        keys = {p.access_key for p in self.config.providers if p.access_key and len(p.access_key) >= 8}
-        return sorted((k.encode() for k in keys), key=len, reverse=True)
+    redact: Redactor  # scrubs the configured provider keys from what providers send back
 
 
 def _loopback(address):
@@ -90,4 +85,4 @@ def build(config_path, rules_dirs=(), shares=1):
     if problems:
         raise ConfigError(problems)
     return Runtime(config=config, rules=rules, routes=routes, router=router, warnings=warnings,
-                   admission=admission)
+                   admission=admission, redact=Redactor(p.access_key for p in config.providers))

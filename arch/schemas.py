@@ -41,14 +41,32 @@ def json_path(parts):
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
 
 
+SECRET_FIELDS = {"access_key"}
+
+
 def violations(schema_name, data):
     """Every schema violation in `data` as (path parts, message)."""
     found = []
     for error in sorted(validator(schema_name).iter_errors(data), key=lambda e: list(map(str, e.path))):
         if error.context:  # oneOf/anyOf: name the field inside the closest branch, not the whole subtree
             error = jsonschema.exceptions.best_match([error])
-        found.append((list(error.absolute_path), error.message))
+        found.append((list(error.absolute_path), _message(error)))
     return found
+
+
+def _message(error):
+    """jsonschema's message, without the value when it is a key field's or an
+    object or list (which may hold one): a key must never be printed."""
+    instance = error.instance
+    if not instance:  # an empty object or list, a zero, an empty string: nothing to hide
+        return error.message
+    if isinstance(instance, dict):
+        return error.message.replace(repr(instance), "this object")
+    if isinstance(instance, list):
+        return error.message.replace(repr(instance), "this list")
+    if SECRET_FIELDS.intersection(map(str, error.absolute_path)):
+        return error.message.replace(repr(instance), "the value")
+    return error.message
 
 
 def problems(schema_name, data, where):

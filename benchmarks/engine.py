@@ -14,6 +14,7 @@ import time
 
 from sse_server import anthropic_events, openai_events
 
+from arch.config import DEFAULT_POLICY
 from arch.rules.load import load_rules
 from arch.rules.stream import Passthrough, Translate
 
@@ -22,10 +23,11 @@ EVENTS = {"openai": openai_events, "anthropic": anthropic_events}
 
 def relay(rules, client, provider):
     translation = rules.translation(client, provider)
+    max_event = DEFAULT_POLICY["max_stream_event"]
     if translation is None:
-        return lambda: Passthrough(rules.dialects[client])
+        return lambda: Passthrough(rules.dialects[client], False, max_event)
     ctx = {"model": "m", "request": {"model": "m", "stream": True, "messages": []}}
-    return lambda: Translate(translation.stream, ctx, rules.dialects[client], rules.dialects[provider])
+    return lambda: Translate(translation.stream, ctx, rules.dialects[client], rules.dialects[provider], max_event)
 
 
 def main():

@@ -12,6 +12,7 @@ from the request alone, so an agent's multi-turn conversation (whose number and
 order of requests the test does not control) is still deterministic. Shapes follow
 docs/wire-formats.md (sections 1 and 2); the vectors in tests/vectors are
 recordings of the real APIs and can be replayed with `enqueue(sse=vector(...))`.
+`RawProvider` is the misbehaving one: it writes whatever bytes a test scripts.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import json
 import re
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -777,3 +779,128 @@ class FakeRouter(FakeOpenAI):
                                     "index": 0, "message": {"role": "assistant", "content": text},
                                     "finish_reason": "stop"}],
                                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+
+class RawProvider:
+    """A provider that misbehaves at the byte level: each scripted reply is a
+    list of steps written to the socket exactly as given, so a test can send
+    what `http.server` never would (a negative or huge length, a chunk-size
+    line with no end, a bare CR in a header, a body cut by FIN or RST, a
+    gigantic event) and see what the gateway makes of it.
+
+    Steps: bytes (written as they are), a callable (request -> bytes: an
+    answer that echoes the request, e.g. its headers), a float (seconds to
+    pause), "close" (FIN), "reset" (RST), "hang" (keep the socket open and
+    answer nothing more until the gateway hangs up or stop()). After the last
+    step the connection stays open for the next request (keep-alive). With
+    nothing scripted the answer is a 503 JSON error. Requests are recorded
+    like the other fakes' (method, path, headers, raw body)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._queue: deque[list] = deque()
+        self._requests: list[dict] = []
+        self._stopping = threading.Event()
+        self._sock = None
+
+    def start(self):
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(128)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self):
+        self._stopping.set()
+        self._sock.close()
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % self._sock.getsockname()[1]
+
+    @property
+    def requests(self) -> list[dict]:
+        with self._lock:
+            return list(self._requests)
+
+    def reset(self):
+        with self._lock:
+            self._requests.clear()
+            self._queue.clear()
+
+    def enqueue(self, *steps):
+        """Script the next reply (FIFO, whatever the path)."""
+        with self._lock:
+            self._queue.append(list(steps))
+
+    @staticmethod
+    def response(status=200, body=b"", headers=None, length=True) -> bytes:
+        """A well-formed head and body (`length=False`: no content-length, so the body ends at close)."""
+        body = body.encode() if isinstance(body, str) else body
+        lines = [f"HTTP/1.1 {status} X", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        if length:
+            lines.append(f"content-length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+    def _accept(self):
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        reader = conn.makefile("rb")
+        try:
+            while True:
+                request = self._read(reader)
+                if request is None:
+                    return
+                with self._lock:
+                    self._requests.append(request)
+                    steps = self._queue.popleft() if self._queue else [self.response(
+                        503, _dumps({"error": {"message": "nothing scripted", "type": "server_error"}}),
+                        {"content-type": "application/json"})]
+                if not self._play(conn, steps, request):
+                    return
+        except OSError:
+            pass
+        finally:
+            reader.close()
+            conn.close()
+
+    @staticmethod
+    def _read(reader):
+        line = reader.readline()
+        if not line:
+            return None
+        method, path, _ = line.decode("latin-1").split(" ", 2)
+        headers = {}
+        while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        raw = reader.read(int(headers.get("content-length") or 0))
+        return {"method": method, "path": path, "headers": headers, "raw": raw}
+
+    def _play(self, conn, steps, request) -> bool:
+        """Write the steps; whether the connection may serve another request."""
+        for step in steps:
+            if callable(step):
+                step = step(request)
+            if isinstance(step, bytes):
+                conn.sendall(step)
+            elif isinstance(step, float):
+                time.sleep(step)
+            elif step == "close":
+                conn.shutdown(socket.SHUT_WR)
+                return False
+            elif step == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+                return False
+            elif step == "hang":
+                while not self._stopping.wait(0.05):
+                    if select.select([conn], [], [], 0)[0] and not conn.recv(1, socket.MSG_PEEK):
+                        break
+                return False
+        return True

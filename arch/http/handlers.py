@@ -34,8 +34,6 @@ from arch.upstream.client import Call, UpstreamError
 
 log = logging.getLogger("arch")
 
-# Provider keys must never reach a client, even partly masked in a provider's own message.
-_KEYLIKE = re.compile(rb"\b(sk|key|api[-_]?key)[-_][A-Za-z0-9_*.\-]{6,}", re.I)
 _RETRY_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504, 529}
 # After the rules ended a stream, how long the rest of the provider's response (its last
@@ -248,6 +246,7 @@ class Chat(Base):
         self.request.body = b"".join(self._parts or ())
         self.record["bytes_in"] = len(self.request.body)
         self.gateway.inflight += 1
+        self.gateway.active.add(self)
         report.INFLIGHT.inc()
         try:
             await self._serve()
@@ -256,6 +255,7 @@ class Chat(Base):
             if not self._finished and not self.client_gone:
                 self.send_error_json(e)
         finally:
+            self.gateway.active.discard(self)
             self.gateway.inflight -= 1
             report.INFLIGHT.dec()
             exchange = self.exchange
@@ -411,8 +411,9 @@ class Chat(Base):
         facts = translation and self.runtime.rules.models.get(target.model)
         if body.get("stream") is True:
             ctx = {"model": target.model, "request": body, "facts": facts.view if facts else {}}
-            relay = (Translate(translation.stream, ctx, client, provider)
-                     if translation else Passthrough(client, strip=ask_usage))
+            max_event = target.policy.limits.event
+            relay = (Translate(translation.stream, ctx, client, provider, max_event)
+                     if translation else Passthrough(client, ask_usage, max_event))
         self.exchange = exchange = _Exchange(self, client, provider, relay)
         self._keeping = (body, target)
         self.set_header("x-arch-upstream-model", target.model)
@@ -425,14 +426,12 @@ class Chat(Base):
                 await self._kept
             exchange.close()
         elif 200 <= self.call.status < 300:
-            raw = b"".join(exchange.buffer)
+            raw = self.runtime.redact(b"".join(exchange.buffer))
             if translation:
-                try:
-                    out = translation.response(json.loads(raw), body, facts)
-                except ValueError:
-                    raise GatewayError(502, f"provider for '{target.name}' sent a response that is not JSON") from None
+                out = translation.response(_json_object(raw, exchange.content_type, target), body, facts)
                 self.record["usage"] = client.usage(out.get("usage"))
             else:
+                _check_whole_json(raw, exchange.content_type, self.call, target)
                 out = raw
                 self.record["usage"] = client.usage(find_usage(raw))
             if self.keeps_answers:
@@ -458,10 +457,11 @@ class Chat(Base):
             headers["traceparent"] = f"00-{trace[0]}-{trace[1]}-01"
         elif "traceparent" in self.request.headers:
             headers["traceparent"] = self.request.headers["traceparent"]
-        self.call = Call(exchange.on_head, exchange.on_data)
+        limits = target.policy.limits
+        self.call = Call(exchange.on_head, exchange.on_data, limits.body)
         started = time.perf_counter()
         try:
-            await self.gateway.pool.send(self.call, "POST", url, headers, data, target.policy.timeouts)
+            await self.gateway.pool.send(self.call, "POST", url, headers, data, target.policy.timeouts, limits)
         except UpstreamError as e:
             if e.kind == "ended":  # the client's stream was already complete
                 return not self.client_gone
@@ -471,10 +471,11 @@ class Chat(Base):
             if exchange.committed or self.client_gone:
                 return False
             log.warning("%s: provider for %r failed: %s", self.request_id, target.name, e)
-            error = GatewayError(504 if e.kind == "timeout" else 502,
-                                 f"provider for '{target.name}' failed: {_without_addresses(str(e))}")
-            error.retryable = e.kind != "timeout"  # a timeout already cost its full wait: next target
-            error.fallback = True
+            status = {"timeout": 504, "shutdown": 503}.get(e.kind, 502)
+            error = GatewayError(status, f"provider for '{target.name}' failed: {_without_addresses(str(e))}")
+            # a timeout already cost its full wait, a malformed answer would come again: next target
+            error.retryable = e.kind in ("connect", "closed")
+            error.fallback = e.kind != "shutdown"
             raise error from None
         finally:
             if self._tail is not None:
@@ -506,10 +507,7 @@ class Chat(Base):
     def _upstream_error(self, client, provider, exchange):
         """A provider's error as a GatewayError: its status and retry hints kept,
         its body kept as-is for a client of the same dialect, else its message."""
-        raw = b"".join(exchange.buffer)
-        for key in self.runtime.secrets:  # the configured keys themselves, whatever their shape
-            raw = raw.replace(key, b"[redacted]")
-        raw = _KEYLIKE.sub(b"[redacted]", raw)
+        raw = self.runtime.redact(b"".join(exchange.buffer), masked=True)
         status = self.call.status
         report.UPSTREAM_ERRORS.labels(self.record["provider"], self.record["model"], f"http_{status}").inc()
         message = provider.error_message(raw)
@@ -525,6 +523,12 @@ class Chat(Base):
         self.client_gone = True
         if self.call is not None:
             self.call.cancel()
+
+    def cut(self, message):
+        """Shutdown ran out of drain time: end the provider call now, so that the
+        client hears an error in its dialect (in-stream once a stream started)."""
+        if self.call is not None:
+            self.call.cancel(UpstreamError("shutdown", message))
 
 
 class CountTokens(Chat):
@@ -550,7 +554,30 @@ class CountTokens(Chat):
         if await self._send(target, target.count_tokens_url, data, exchange):
             if not 200 <= self.call.status < 300:
                 raise self._upstream_error(client, client, exchange)
-            self.send_json(200, b"".join(exchange.buffer))
+            raw = self.runtime.redact(b"".join(exchange.buffer))
+            _check_whole_json(raw, exchange.content_type, self.call, target)
+            self.send_json(200, raw)
+
+
+def _check_whole_json(raw, content_type, call, target):
+    """A provider's 2xx body goes to the client as it is only if it is JSON, all
+    of it. A body framed by length or chunks and labelled JSON is complete (the
+    client saw every byte): no parse. One without framing (cut by the provider
+    hanging up?) or not labelled JSON is parsed to tell."""
+    if "json" not in content_type or call.close_delimited:
+        _json_object(raw, content_type, target)
+
+
+def _json_object(raw, content_type, target):
+    """A provider's 2xx body as a JSON object, or a 502 saying what it was instead."""
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict):
+        return answer
+    what = "a JSON answer that is cut short or" if "json" in content_type else f"a {content_type or 'unlabelled'} answer,"
+    raise GatewayError(502, f"provider for '{target.name}' sent {what} not a JSON object")
 
 
 async def _off_loop_if(large, fn, *args):
@@ -568,14 +595,19 @@ class _Exchange:
         self.handler, self.client, self.provider, self.relay = handler, client, provider, relay
         self.buffer = []
         self.headers = {}
+        self.content_type = ""
         self.committed = False
         self.head_at = None  # when the provider's answer began (time.monotonic)
 
     def on_head(self, status, headers):
         self.head_at = time.monotonic()
-        self.headers = {k: v for k, v in headers.items() if k in _RETRY_HEADERS}
+        redact = self.handler.runtime.redact
+        # passed on to the client: printable values only (a control character would break its response)
+        self.headers = {k: redact.text(v) for k, v in headers.items() if k in _RETRY_HEADERS and v.isprintable()}
+        self.content_type = headers.get("content-type", "").lower()
         if self.relay is not None and 200 <= status < 300:
             h = self.handler
+            h.call.max_body = None  # a stream: bounded per event, not as a whole
             h.set_status(200)
             h.set_header("Content-Type", "text/event-stream; charset=utf-8")
             h.set_header("Cache-Control", "no-cache")
@@ -604,6 +636,7 @@ class _Exchange:
     def _write(self, data):
         h = self.handler
         if data and not h.client_gone and not h._finished:
+            data = h.runtime.redact(data)
             if h.record["ttft"] is None:
                 h.record["ttft"] = time.perf_counter() - h.record["start"]
             h.write(data)

@@ -1,4 +1,5 @@
 """The gateway process: routes, listening sockets, reload and shutdown."""
+import asyncio
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ class Gateway:
         self.pool = Pool(keepalive=self.runtime.config.keepalive_seconds)
         self.responses = make_store(self.runtime.config.state.get("responses"))  # stored Responses, kept over reloads
         self.inflight = 0
+        self.active = set()  # chat handlers in flight, to end them if shutdown runs out of drain time
         self._seen = self._fingerprint()
 
     def _fingerprint(self):
@@ -158,13 +160,15 @@ def listen(address, port, workers=1):
 
 
 def serve(gateway, address, bound, workers=1):
-    """Serve on what listen() bound, in this process or in `workers` forked ones."""
+    """Serve on what listen() bound, in this process or in `workers` forked ones;
+    the exit status: 1 if requests had to be cut at shutdown, else 0."""
     config = gateway.runtime.config
     sockets = bound
     if workers > 1:
         port = bound[0].getsockname()[1]
-        if _supervise(gateway, workers):
-            return  # the supervisor's workers have all exited
+        code = _supervise(gateway, workers)
+        if code is not None:
+            return code  # the supervisor's workers have all exited
         for sock in bound:
             sock.close()
         # Each worker listens on a socket of its own in the port's SO_REUSEPORT group, so the
@@ -182,6 +186,7 @@ def serve(gateway, address, bound, workers=1):
     server.add_sockets(sockets)
     gateway.watch()
     loop = IOLoop.current()
+    failed = []
 
     def shutdown(*_):
         log.info("shutting down: no new connections; waiting for %d in-flight request(s)", gateway.inflight)
@@ -192,14 +197,21 @@ def serve(gateway, address, bound, workers=1):
             except OSError:  # the queue is empty (or the socket already closed)
                 pass
         server.stop()
-        deadline = loop.time() + gateway.runtime.config.drain_seconds
+        drain = gateway.runtime.config.drain_seconds
+        deadline = loop.time() + drain
 
         async def check():
             if gateway.inflight and loop.time() < deadline:
                 loop.call_later(0.05, check)
-            else:
-                await tracer.flush()  # spans still waiting for their batch
-                loop.stop()
+                return
+            if gateway.inflight:
+                cut = _cut(gateway, f"the gateway shut down: drain_timeout ({drain:g}s) ran out")
+                log.error("drain_timeout (%gs) ran out: %d request(s) cut (%s)", drain, len(cut), ", ".join(cut))
+                failed.append(len(cut))
+                while gateway.active and loop.time() < deadline + 2:  # their errors and access-log lines
+                    await asyncio.sleep(0.02)
+            await tracer.flush()  # spans still waiting for their batch
+            loop.stop()
 
         loop.add_callback(check)
 
@@ -208,6 +220,16 @@ def serve(gateway, address, bound, workers=1):
     signal.signal(signal.SIGHUP, lambda *a: loop.add_callback_from_signal(gateway.reload))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     loop.start()
+    return 1 if failed else 0
+
+
+def _cut(gateway, message):
+    """End every request still in flight (each client gets an error in its dialect,
+    in-stream for a stream, and each its access-log line); their request ids."""
+    cut = list(gateway.active)
+    for handler in cut:
+        handler.cut(message)
+    return [h.request_id for h in cut]
 
 
 def _hold_port(address, port):
@@ -231,7 +253,8 @@ def _hold_port(address, port):
 def _supervise(gateway, workers):
     """Fork `workers` processes that serve the shared sockets; the parent stays
     to pass SIGTERM/SIGINT/SIGHUP on to them, restart one that crashes, and
-    return True once all have exited after a shutdown. In a worker: False.
+    return once all have exited after a shutdown: 0, or 1 if one of them had
+    to cut requests on its way out. In a worker: None.
 
     A worker that crashes soon after it started is restarted after a pause that
     doubles each time (a broken setup must not fork in a tight loop); after
@@ -244,6 +267,7 @@ def _supervise(gateway, workers):
     stopping = False
     reload_asked = False
     quick_crashes = 0
+    unclean = False
     failed = False
 
     def spawn():
@@ -272,7 +296,7 @@ def _supervise(gateway, workers):
         signal.signal(sig, forward)
     for _ in range(workers):
         if spawn():
-            return False
+            return None
     next_look = time.monotonic() + WATCH_INTERVAL
     while children:
         try:
@@ -293,6 +317,7 @@ def _supervise(gateway, workers):
         started = children.pop(pid, None)
         report.process_exited(pid)
         if stopping or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            unclean = unclean or status != 0  # a worker that cut requests at shutdown
             continue
         lived = time.monotonic() - (started or 0)
         quick_crashes = quick_crashes + 1 if lived < STABLE_WORKER else 1
@@ -308,7 +333,7 @@ def _supervise(gateway, workers):
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.05)
         if not stopping and spawn():
-            return False
+            return None
     if failed:
         raise SystemExit("archgw: stopped: workers kept crashing (see the log above)")
-    return True
+    return 1 if unclean else 0

@@ -135,11 +135,12 @@ async def ask(pool, target, translation, preferences, body, timeout, request_id)
     sent = translation.request(question) if translation else question
     sent["model"] = target.model
     chunks = []
-    call = Call(lambda status, headers: None, chunks.append)
+    limits = target.policy.limits
+    call = Call(lambda status, headers: None, chunks.append, limits.body)
     headers = {"Content-Type": "application/json", "x-request-id": request_id, **target.headers}
     try:
         await pool.send(call, "POST", target.url, headers, json.dumps(sent).encode(),
-                        Timeouts(connect=timeout, first_byte=timeout, idle=timeout, total=timeout))
+                        Timeouts(connect=timeout, first_byte=timeout, idle=timeout, total=timeout), limits)
     except UpstreamError as e:
         return None, f"router {e.kind}"
     if not 200 <= (call.status or 0) < 300:

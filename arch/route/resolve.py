@@ -15,7 +15,7 @@ from arch import __version__
 from arch.errors import ConfigError, GatewayError, clip
 from arch.route.balance import Pool, Settings
 from arch.route.patterns import Patterns, is_pattern
-from arch.upstream.client import Timeouts
+from arch.upstream.client import Limits, Timeouts
 
 USER_AGENT = f"archgw/{__version__}"
 MAX_LISTED = 20  # names a 404 lists at most
@@ -24,15 +24,17 @@ MAX_RETRY_WAIT = 30.0  # a provider asking for a longer pause gets no retry: the
 
 @dataclass(frozen=True)
 class Policy:
-    """Timeouts and retries for one target."""
+    """Timeouts, retries and response limits for one target."""
     timeouts: Timeouts
     max_retries: int
     retry_backoff: float
+    limits: Limits
 
     @classmethod
     def from_config(cls, p):
         return cls(Timeouts(connect=p["connect_timeout"], first_byte=p["idle_timeout"], idle=p["idle_timeout"],
-                            total=p["timeout"]), p["max_retries"], p["retry_backoff"])
+                            total=p["timeout"]), p["max_retries"], p["retry_backoff"],
+                   Limits(head=p["max_response_head"], body=p["max_response_body"], event=p["max_stream_event"]))
 
     def backoff(self, attempt, headers):
         """Seconds before retry number `attempt + 1`: the provider's own hint

@@ -50,7 +50,9 @@ class Dialect:
         stream = spec["stream"]
         self.named_events = stream["framing"] == "named"
         self.stream_literals = {s.encode() for s in stream.get("literals", ())}
-        self.end_markers = [m.encode() for m in stream["end_markers"]]
+        # "event: X" ends the stream on an event named X; "data: Y" on an event whose data starts with Y
+        self._end_names = {m[6:].strip() for m in stream["end_markers"] if m.startswith("event:")}
+        self._end_data = tuple(m[5:].lstrip().encode() for m in stream["end_markers"] if m.startswith("data:"))
         self.sequence = stream.get("sequence")
         self.result = compile_expr(stream["result"], interpreter, f"{where}: stream.result") if "result" in stream else None
         self._failure = compile_expr(stream["failure"], interpreter, f"{where}: stream.failure") if "failure" in stream else None
@@ -109,6 +111,10 @@ class Dialect:
     def needs_usage_request(self, body):
         """A streaming request that will not get usage unless the gateway asks for it."""
         return self.usage_request is not None and body.get("stream") is True and not truthy(self.usage_asked(body))
+
+    def ends(self, name, data):
+        """Whether this event (a whole one, never a piece of content) ends the stream on purpose."""
+        return name in self._end_names or data.startswith(self._end_data)
 
     def frame_raw(self, name, data):
         if self.named_events and name:
@@ -232,7 +238,12 @@ class Translation:
         """The client's answer; expressions also see the client's request as `_request`
         and the model's facts as `_model`."""
         root = {**body, "_request": request, "_model": facts.view if facts is not None else {}}
-        return self._response(self._derived("response", root))
+        try:
+            return self._response(self._derived("response", root))
+        except (TypeError, AttributeError, KeyError, ValueError, JMESPathError) as e:
+            # a JSON object the mapping cannot read: the provider's fault
+            log.warning("cannot translate a %s answer for a %s client: %r", self.provider, self.client, e)
+            raise GatewayError(502, f"the {self.provider} provider's answer cannot be translated: {e}") from None
 
     def _derived(self, part, root):
         """`root` with the `derive.<part>` values added, each seeing those before it."""

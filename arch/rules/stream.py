@@ -32,35 +32,60 @@ def find_usage(data):
 
 
 class SSEParser:
-    def __init__(self):
-        self._buf = b""
-        self.skipped = 0  # blocks without data (comments, `retry:`): nothing to pass on
+    """Events out of bytes. Each byte is looked at a bounded number of times
+    however the network split an event (the unfinished one is kept as parts,
+    joined once when its blank line arrives), and one event may not exceed
+    `max_event` bytes."""
+
+    def __init__(self, max_event):
+        self.max_event = max_event
+        self._parts = []   # the unfinished event
+        self._held = 0     # its size
+        self._cr = False   # the last read ended with CR: its LF may start the next one
+        self.skipped = 0   # blocks without data (comments, `retry:`): nothing to pass on
 
     def feed(self, chunk):
         """Complete events in `chunk` (plus what was held back) as (event, data) pairs."""
-        buf = self._buf + chunk
-        if b"\r" in buf:
-            held_cr = buf.endswith(b"\r")  # its \n may be in the next read
-            buf = buf[:-1] if held_cr else buf
-            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if held_cr else b"")
-        events = []
+        if self._cr:
+            chunk, self._cr = b"\r" + chunk, False
+        if b"\r" in chunk:
+            if chunk.endswith(b"\r"):
+                chunk, self._cr = chunk[:-1], True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        events, parts = [], self._parts
         start = 0
+        if parts and chunk[:1] == b"\n" and parts[-1].endswith(b"\n"):  # a blank line split by the network
+            self._block(b"".join(parts)[:-1], events)
+            start = 1
         while True:
-            end = buf.find(b"\n\n", start)
+            end = chunk.find(b"\n\n", start)
             if end < 0:
                 break
-            event = _parse_block(buf[start:end])
-            if event:
-                events.append(event)
-            elif end > start:
-                self.skipped += 1
+            self._block(b"".join((*parts, chunk[start:end])) if parts else chunk[start:end], events)
             start = end + 2
-        self._buf = buf[start:]
+        if start < len(chunk):
+            parts.append(chunk[start:] if start else chunk)
+            self._held += len(chunk) - start
+            if self._held > self.max_event:
+                raise _too_big(self.max_event)
         return events
+
+    def _block(self, block, events):
+        self._parts.clear()
+        self._held = 0
+        if len(block) > self.max_event:
+            raise _too_big(self.max_event)
+        event = _parse_block(block)
+        if event:
+            events.append(event)
+        elif block:
+            self.skipped += 1
 
     def close(self):
         """The last event when the stream ended without its blank line (lenient, like the SDKs)."""
-        rest, self._buf = self._buf.strip(), b""
+        rest = b"".join(self._parts).strip()
+        self._parts.clear()
+        self._held = 0
         event = _parse_block(rest) if rest else None
         return [event] if event else []
 
@@ -80,6 +105,10 @@ def _parse_block(block):
 
 class StreamBroken(Exception):
     """The provider sent something that cannot be translated (a malformed event)."""
+
+
+def _too_big(limit):
+    return StreamBroken(f"the provider sent a stream event over {limit} bytes (max_stream_event)")
 
 
 class _Numbered:
@@ -113,10 +142,10 @@ class Translate(_Numbered):
     All state lives here, per request: nothing is shared between streams (docs/wire-formats.md, pitfall 14).
     A translation into a dialect with a final answer object keeps it, so far, in `s.response`."""
 
-    def __init__(self, program, ctx, client, provider):
+    def __init__(self, program, ctx, client, provider, max_event):
         self.program, self.client, self.provider = program, client, provider
         self.root = {"e": None, "s": program.new_state(), "c": ctx}
-        self.parser = SSEParser()
+        self.parser = SSEParser(max_event)
         self.ended = False
         self._out = []
 
@@ -195,17 +224,23 @@ class Passthrough(_Numbered):
     framed, a whole event at a time, each checked to be JSON, never translated.
     So a malformed or cut event becomes the client's in-stream error rather
     than bytes its SDK cannot parse, and an error frame never lands inside an
-    event. The dialect's end markers tell a finished stream from a cut one.
+    event. An event that ends the stream (the dialect's `end_markers`, matched
+    against whole events, never against content) tells a finished stream from
+    a cut one.
 
     With `strip`, the gateway asked the provider for usage the client did not
     ask for: that usage-only event (the dialect's `stream.usage.event`) is kept
     for accounting and not passed on."""
 
-    def __init__(self, dialect, strip=False):
+    _SEPARATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+    def __init__(self, dialect, strip, max_event):
         self.dialect = self.client = dialect
-        self.strip = strip
-        self.parser = SSEParser()
-        self.pending = b""   # the start of an event whose blank line has not arrived yet
+        self.strip, self.max_event = strip, max_event
+        self.parser = SSEParser(max_event)
+        self.pending = []    # the start of an event whose blank line has not arrived yet, in parts
+        self.held = 0        # its size
+        self.tail = b""      # its last 3 bytes
         self.ended = False
         self.usage = None
 
@@ -213,17 +248,31 @@ class Passthrough(_Numbered):
         return b""
 
     def feed(self, chunk):
-        buf = self.pending + chunk
-        end = max(buf.rfind(sep) + len(sep) if sep in buf else 0 for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"))
-        whole, self.pending = buf[:end], buf[end:]
-        return self._pass(whole) if whole else b""
+        # Cut after the last blank line. Only the new bytes are searched, plus the 3 held before
+        # them (a blank line the network split); what is held has no complete separator.
+        seen = self.tail + chunk
+        cut = max(seen.rfind(sep) + len(sep) if sep in seen else 0 for sep in self._SEPARATORS) - len(self.tail)
+        if cut <= 0:
+            self.pending.append(chunk)
+            self.held += len(chunk)
+            self.tail = seen[-3:]
+            if self.held > self.max_event:
+                raise _too_big(self.max_event)
+            return b""
+        whole = b"".join((*self.pending, chunk[:cut])) if self.pending else chunk[:cut]
+        rest = chunk[cut:]
+        self.pending, self.held, self.tail = ([rest], len(rest), rest[-3:]) if rest else ([], 0, b"")
+        return self._pass(whole)
 
     def finish(self):
-        return self._pass(self.pending + b"\n\n") if self.pending.strip() else b""  # a last event without its blank line
+        rest = b"".join(self.pending)
+        self.pending, self.held, self.tail = [], 0, b""
+        return self._pass(rest + b"\n\n") if rest.strip() else b""  # a last event without its blank line
 
     def _pass(self, whole):
         skipped = self.parser.skipped
         kept, dropped = [], False
+        ends = self.dialect.ends
         for name, data in self.parser.feed(whole):
             if data not in self.dialect.stream_literals:
                 try:
@@ -241,10 +290,9 @@ class Passthrough(_Numbered):
                     usage = find_usage(data)  # Anthropic's is split over message_start and message_delta
                     if usage:
                         self.usage = {**(self.usage or {}), **usage}
+            if not self.ended and ends(name, data):
+                self.ended = True
             kept.append((name, data))
-        if not self.ended:  # a marker opens a line: inside an event's JSON it is only text
-            self.ended = any(whole.startswith(m) or b"\n" + m in whole or b"\r" + m in whole
-                             for m in self.dialect.end_markers)
         if dropped or self.parser.skipped != skipped:  # some blocks stay here: frame what is left anew
             return b"".join(self.dialect.frame_raw(n, d) for n, d in kept)
         return whole

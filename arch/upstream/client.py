@@ -20,12 +20,12 @@ from arch.upstream import mock
 
 log = logging.getLogger("arch")
 _TLS = ssl.create_default_context()
-MAX_HEAD = 65536
+MAX_HEAD = 65536  # a proxy's answer to CONNECT
 
 
 class UpstreamError(Exception):
-    """The provider could not be reached or stopped answering.
-    `kind` is 'connect', 'timeout' or 'closed'."""
+    """The provider could not be reached, stopped answering or broke HTTP.
+    `kind` is 'connect', 'timeout', 'closed', 'malformed' or 'shutdown'."""
 
     def __init__(self, kind, message):
         super().__init__(message)
@@ -37,15 +37,26 @@ class Timeouts:
         self.connect, self.first_byte, self.idle, self.total = connect, first_byte, idle, total
 
 
+class Limits:
+    """What a provider's response may weigh: its head (status line and
+    headers; also any one chunk-size or trailer line) and a body the gateway
+    holds whole (not a stream, which is bounded per event by `event`)."""
+
+    def __init__(self, head, body, event):
+        self.head, self.body, self.event = head, body, event
+
+
 class Call:
     """One request to a provider. `on_head(status, headers)` (headers: a dict
     with lower-case names) and `on_data(chunk)` are called as the response
-    arrives; `cancel()` closes the socket from anywhere (client gone, timer)."""
+    arrives; `cancel()` closes the socket from anywhere (client gone, timer).
+    A body over `max_body` bytes fails the call (None: no limit, a stream)."""
 
-    def __init__(self, on_head, on_data):
-        self.on_head, self.on_data = on_head, on_data
+    def __init__(self, on_head, on_data, max_body=None):
+        self.on_head, self.on_data, self.max_body = on_head, on_data, max_body
         self.conn = None
         self.status = None
+        self.close_delimited = False  # no length, no chunks: only a parse can tell a whole body from a cut one
         self.failure = None   # UpstreamError set by cancel() or a timer
         self._last = 0.0
 
@@ -55,22 +66,36 @@ class Call:
             self.conn.abort()
 
 
+class _Malformed(Exception):
+    """The provider's bytes break HTTP/1.1 or a configured size limit."""
+
+
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; reads one response at a time into a Call."""
+    """One keep-alive connection; reads one response at a time into a Call.
+
+    Every length on the wire is checked before it is used, and bytes are only
+    held while a head or a line waits for its end (bounded by `limits.head`);
+    the search for that end resumes where the last read stopped, so a provider
+    that dribbles a huge line costs linear time, not quadratic."""
 
     def __init__(self):
         self.transport = None
         self.call = None
+        self.limits = None
         self.done = None          # future: True when a response ended cleanly, False when it cannot
-        self.buf = b""
+        self.held = bytearray()   # an unfinished head or line
+        self.scanned = 0          # how much of `held` is known not to contain its end
         self.state = "idle"       # idle | head | length | chunk-size | chunk-data | chunk-end | trailer | close
         self.remaining = 0
+        self.received = 0         # body bytes of the current response
         self.keep_alive = True
         self.closed = False
         self.idle_since = 0.0
 
-    def start(self, call, request):
-        self.call, self.buf, self.state = call, b"", "head"
+    def start(self, call, request, limits):
+        self.call, self.limits, self.state = call, limits, "head"
+        self.held.clear()
+        self.scanned = self.received = 0
         self.done = asyncio.get_running_loop().create_future()
         self.transport.write(request)
 
@@ -84,7 +109,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.closed = True
-        if self.state == "close":  # a body that ends when the connection does
+        if self.state == "close" and exc is None:  # a body that ends when the connection does (not a reset)
             self._end(True)
         elif self.state != "idle":
             self._end(False)
@@ -94,78 +119,125 @@ class _Connection(asyncio.Protocol):
             self.keep_alive = False
             self.transport.close()
             return
-        self.buf += data
         try:
-            self._parse()
-        except Exception:  # a malformed response, or a callback that failed
+            self._parse(data)
+        except _Malformed as e:
+            self.call.failure = self.call.failure or UpstreamError("malformed", str(e))
+            self._broken()
+        except Exception:  # a callback that failed
             log.exception("upstream response could not be read")
-            self.keep_alive = False
-            self._end(False)
-            self.transport.abort()
+            self._broken()
 
-    def _parse(self):
-        while self.buf and self.state != "idle":
+    def _broken(self):
+        self.keep_alive = False
+        self._end(False)
+        self.transport.abort()
+
+    def _parse(self, data):
+        if self.held:  # the end of a head or line may be in this read: look at the new bytes only
+            held = self.held
+            held += data
+            delim = b"\r\n\r\n" if self.state == "head" else b"\r\n"
+            if held.find(delim, self.scanned) < 0:
+                self._hold(b"")
+                return
+            data = bytes(held)
+            held.clear()
+        pos, size = 0, len(data)
+        while pos < size and self.state != "idle":
             state = self.state
-            if state == "head":
-                end = self.buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(self.buf) > MAX_HEAD:
-                        raise ValueError("response head too large")
-                    return
-                head, self.buf = self.buf[:end].decode("latin-1"), self.buf[end + 4:]
-                self._head(head)
-            elif state == "length":
-                chunk, self.buf = self.buf[:self.remaining], self.buf[self.remaining:]
-                self.remaining -= len(chunk)
-                self._data(chunk)
+            if state == "length" or state == "chunk-data":
+                take = min(self.remaining, size - pos)
+                self._data(data[pos:pos + take])
+                pos += take
+                self.remaining -= take
                 if not self.remaining:
-                    self._end(True)
+                    if state == "length":
+                        self._end(True)
+                    else:
+                        self.state = "chunk-end"
             elif state == "close":
-                chunk, self.buf = self.buf, b""
-                self._data(chunk)
-            elif state == "chunk-size":
-                end = self.buf.find(b"\r\n")
+                self._data(data[pos:])
+                pos = size
+            else:  # head, chunk-size, chunk-end, trailer: bytes up to a delimiter
+                delim = b"\r\n\r\n" if state == "head" else b"\r\n"
+                end = data.find(delim, pos)
                 if end < 0:
+                    self._hold(data[pos:])
                     return
-                size = int(self.buf[:end].split(b";", 1)[0], 16)
-                self.buf = self.buf[end + 2:]
-                self.remaining, self.state = size, ("chunk-data" if size else "trailer")
-            elif state == "chunk-data":
-                chunk, self.buf = self.buf[:self.remaining], self.buf[self.remaining:]
-                self.remaining -= len(chunk)
-                self._data(chunk)
-                if not self.remaining:
-                    self.state = "chunk-end"
-            elif state == "chunk-end":
-                if len(self.buf) < 2:
-                    return
-                self.buf, self.state = self.buf[2:], "chunk-size"
-            elif state == "trailer":
-                end = self.buf.find(b"\r\n")
-                if end < 0:
-                    return
-                line, self.buf = self.buf[:end], self.buf[end + 2:]
-                if not line:  # the blank line after (optional) trailers
+                if end - pos > self.limits.head:
+                    raise _Malformed(f"the provider sent a {'response head' if state == 'head' else 'line'} "
+                                     f"over {self.limits.head} bytes")
+                line, pos = data[pos:end], end + len(delim)
+                if state == "head":
+                    self._head(line.decode("latin-1"))
+                elif state == "chunk-size":
+                    self._chunk_size(line)
+                elif state == "chunk-end":
+                    if line:
+                        raise _Malformed("the provider sent a chunk longer than its chunk-size line said")
+                    self.state = "chunk-size"
+                elif not line:  # trailer: the blank line after (optional) trailers
                     self._end(True)
+
+    def _hold(self, rest):
+        """Keep an unfinished head or line for the next read, within the limit."""
+        held = self.held
+        held += rest
+        if len(held) > self.limits.head:
+            raise _Malformed(f"the provider sent a {'response head' if self.state == 'head' else 'line'} "
+                             f"over {self.limits.head} bytes")
+        self.scanned = max(len(held) - 3, 0)
+
+    def _chunk_size(self, line):
+        digits = line.split(b";", 1)[0].strip()
+        if not digits or len(digits) > 15 or digits.strip(b"0123456789abcdefABCDEF"):
+            raise _Malformed(f"the provider sent a malformed chunk-size line: {line[:40]!r}")
+        size = int(digits, 16)
+        self.remaining, self.state = size, ("chunk-data" if size else "trailer")
 
     def _head(self, head):
         lines = head.split("\r\n")
-        version, status = lines[0].split(" ", 2)[:2]
+        version, _, rest = lines[0].partition(" ")
+        status = rest[:3]
+        if version not in ("HTTP/1.1", "HTTP/1.0") or not (status.isdigit() and status.isascii()) or rest[3:4] not in ("", " "):
+            raise _Malformed(f"the provider sent a malformed status line: {lines[0][:80]!r}")
         status = int(status)
         headers = {}
+        lengths = set()
+        breaks = len(lines) - 1
+        bare = head.count("\r") != breaks or head.count("\n") != breaks  # a CR or LF that ends no line
         for line in lines[1:]:
             name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+            name, value = name.strip().lower(), value.strip()
+            if bare and ("\r" in line or "\n" in line):
+                # a bare CR or LF in a value (RFC 9110 5.5): the field cannot be trusted
+                if name in ("content-length", "transfer-encoding"):
+                    raise _Malformed(f"the provider sent a malformed {name} header")
+                continue
+            if name == "content-length":
+                lengths.add(value)
+            headers[name] = value
         if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
             return
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        length = None
+        if lengths and not chunked:  # checked before anything reaches the client
+            length = lengths.pop()
+            if lengths or not length.isdigit() or not length.isascii() or len(length) > 18:
+                raise _Malformed(f"the provider sent a malformed content-length: {headers['content-length'][:40]!r}")
+            length = int(length)
         self.keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         call = self.call
         call.status, call._last = status, monotonic()
         call.on_head(status, headers)
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        if chunked:
             self.state = "chunk-size"
-        elif "content-length" in headers:
-            self.remaining = int(headers["content-length"])
+        elif length is not None:
+            self.remaining = length
+            if call.max_body is not None and self.remaining > call.max_body:
+                raise _Malformed(f"the provider's response is {self.remaining} bytes, over the limit of "
+                                 f"{call.max_body} (max_response_body)")
             self.state = "length"
             if not self.remaining:
                 self._end(True)
@@ -173,11 +245,17 @@ class _Connection(asyncio.Protocol):
             self._end(True)
         else:
             self.keep_alive, self.state = False, "close"
+            call.close_delimited = True
 
     def _data(self, chunk):
         if chunk:
-            self.call._last = monotonic()
-            self.call.on_data(chunk)
+            call = self.call
+            call._last = monotonic()
+            self.received += len(chunk)
+            if call.max_body is not None and self.received > call.max_body:
+                raise _Malformed(f"the provider's response is over the limit of {call.max_body} bytes "
+                                 "(max_response_body)")
+            call.on_data(chunk)
 
     def _end(self, complete):
         self.state = "idle"
@@ -235,7 +313,7 @@ class Pool:
         else:
             conn.transport.close()
 
-    async def send(self, call, method, url, headers, body, timeouts):
+    async def send(self, call, method, url, headers, body, timeouts, limits):
         """Send the request and read the whole response into `call`; raise UpstreamError."""
         scheme, host, port, netloc, path = _split(url)
         if scheme == "http" and self.proxy_for(scheme, host):
@@ -254,7 +332,7 @@ class Pool:
                 if call.failure:
                     conn.abort()
                     raise call.failure
-                conn.start(call, request)
+                conn.start(call, request, limits)
                 complete = await conn.done
                 if call.failure:
                     raise call.failure
