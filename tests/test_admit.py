@@ -277,3 +277,18 @@ def test_workers_without_redis_each_enforce_their_share(fakes):
         assert 2 <= statuses.count(200) <= 4 and statuses.count(429) >= 12
     finally:
         g.stop()
+
+
+def test_keys_with_balanced_deployments(fakes, openai_fake):
+    """A name served by several deployments: a key may name it, or what a deployment is called."""
+    config = gateway_config(*(f.url for f in fakes))
+    providers = config.get("llm_providers") or config["model_providers"]
+    first = next(p for p in providers if p["model"].startswith("openai/"))
+    providers += [{**first, "name": "balanced"}, {**first, "name": "balanced"}]
+    config["gateway_keys"] = [{"name": "team-b", "key": "$TEAM_A_KEY", "models": ["balanced"]}]
+    g = start_gateway(config, env=ADMIT_ENV)
+    try:
+        with openai_client(g, key=KEYS["team-a"]) as client:
+            assert client.chat.completions.create(model="balanced", messages=USER).choices[0].message.content
+    finally:
+        g.stop()

@@ -16,7 +16,7 @@ from prometheus_client import Counter
 
 from arch.admit.budget import budget_window
 from arch.admit.keys import Keys
-from arch.admit.limits import estimate, key_limits, ratelimit_rules, refusal_headers, window
+from arch.admit.limits import estimate, key_limits, ratelimit_rules, refusal_headers, served_names, window
 from arch.errors import GatewayError
 from arch.state.redis import StateError
 
@@ -36,8 +36,7 @@ class Ticket:
 
 class Admission:
     def __init__(self, config, routes, state):
-        served = {n: (n,) if n in routes.aliases else (n, t[0].name, t[0].model, f"{t[0].provider}/{t[0].model}")
-                  for n, t in routes.table.items()}
+        served = {n: (n,) if n in routes.aliases else served_names(n, t[0]) for n, t in routes.table.items()}
         self.keys = Keys(config.gateway_keys, served, config.admin_key) if config.gateway_keys is not None else None
         self.rules = ratelimit_rules(config.ratelimits, routes)
         self.limits = {} if self.keys is None else {k: key_limits(k) for k in self.keys.by_digest.values()}

@@ -82,12 +82,20 @@ def ratelimit_rules(entries, routes):
                                   limit[kind], limit["unit"]))
     by_name = {}
     for name, targets in routes.table.items():
-        first = targets[0]
-        names = {name, first.name, first.model, f"{first.provider}/{first.model}"}
+        names = served_names(name, targets[0])
         matched = tuple(r for r in rules if r.model in names)
         if matched:
             by_name[name] = matched
     return by_name
+
+
+def served_names(name, first):
+    """A served name and what its deployments are called: a key's `models` or a limit's
+    `model` may name any of them."""
+    names = [name]
+    for t in getattr(first, "targets", (first,)):  # balanced deployments, or one target
+        names += [t.name, t.model, f"{t.provider}/{t.model}"]
+    return tuple(dict.fromkeys(names))
 
 
 def estimate(body):
