@@ -268,13 +268,18 @@ def anth(gateway):
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
 
+def redis_keys(prefix) -> list[str]:
+    """The shared Redis's keys that contain `prefix`."""
+    return subprocess.run(["redis-cli", "-p", "6379", "--scan", "--pattern", f"*{prefix}*"],
+                          capture_output=True, text=True).stdout.split()
+
+
 @pytest.fixture
 def redis_prefix():
     """A fresh key prefix on the shared Redis (127.0.0.1:6379); its keys are deleted afterwards."""
     prefix = f"archtest-{os.urandom(6).hex()}"
     yield prefix
-    out = subprocess.run(["redis-cli", "-p", "6379", "--scan", "--pattern", f"*{prefix}*"],
-                         capture_output=True, text=True).stdout.split()
+    out = redis_keys(prefix)
     for i in range(0, len(out), 500):
         subprocess.run(["redis-cli", "-p", "6379", "DEL", *out[i:i + 500]], capture_output=True)
 

@@ -6,6 +6,8 @@ streams and not, with previous_response_id chains kept by the gateway.
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 
 import anthropic
 import openai
@@ -13,7 +15,8 @@ import pydantic
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 
-from conftest import GATEWAY_ENV, anthropic_client, gateway_config, openai_client, start_gateway
+from conftest import (GATEWAY_ENV, SHARED_REDIS, anthropic_client, gateway_config, openai_client, redis_keys,
+                      start_gateway)
 from fakes import Turn, parse_sse, responses_events, vector, vector_json
 from translate_util import CLAUDE, GPT, LLAMA, anth_message, anth_sse, oai_completion, raw_post
 
@@ -404,6 +407,99 @@ def test_store_is_bounded(openai_fake, anthropic_fake, ollama_fake):
             assert [client.responses.retrieve(i).id for i in ids[1:]] == ids[1:]
     finally:
         gw.stop()
+
+
+# --- stored responses in Redis: shared by gateways, kept over restarts ---------------------------
+
+def redis_gateway(fakes, redis_url, prefix):
+    config = gateway_config(*(f.url for f in fakes))
+    config["state"] = {"redis": redis_url, "prefix": prefix, "responses": {"ttl": "1h"}}
+    return start_gateway(config, env=GATEWAY_ENV)
+
+
+def test_redis_chain_survives_a_gateway_restart(openai_fake, anthropic_fake, ollama_fake, redis_prefix):
+    fakes = (openai_fake, anthropic_fake, ollama_fake)
+    gw = redis_gateway(fakes, SHARED_REDIS, redis_prefix)
+    try:
+        with openai_client(gw) as client:
+            r1 = client.responses.create(model=CLAUDE, input="one")
+            r2 = client.responses.create(model=LLAMA, input="two", previous_response_id=r1.id)
+    finally:
+        gw.stop()
+    keys = redis_keys(redis_prefix)
+    assert sorted(keys) == sorted(f"{{{redis_prefix}}}:resp:{r.id}" for r in (r1, r2))
+    ttl = int(subprocess.run(["redis-cli", "PTTL", keys[0]], capture_output=True, text=True).stdout)
+    assert 3500_000 < ttl <= 3600_000
+    gw = redis_gateway(fakes, SHARED_REDIS, redis_prefix)  # a new process: nothing in its memory
+    try:
+        with openai_client(gw) as client:
+            r3 = client.responses.create(model=CLAUDE, input="three", previous_response_id=r2.id)
+            assert client.responses.retrieve(r1.id).output_text == f"Hello from {CLAUDE}!"
+            assert [i.content[0].text for i in client.responses.input_items.list(r2.id).data] == ["two"]
+    finally:
+        gw.stop()
+    assert [(m["role"], m["content"][0]["text"]) for m in anthropic_fake.last["body"]["messages"]] == [
+        ("user", "one"), ("assistant", f"Hello from {CLAUDE}!"), ("user", "two"),
+        ("assistant", f"Hello from {LLAMA}!"), ("user", "three")]
+    assert r3.output_text == f"Hello from {CLAUDE}!"
+
+
+def test_redis_store_shared_by_two_gateways(openai_fake, anthropic_fake, ollama_fake, redis_prefix):
+    fakes = (openai_fake, anthropic_fake, ollama_fake)
+    one, two = (redis_gateway(fakes, SHARED_REDIS, redis_prefix) for _ in range(2))
+    try:
+        with openai_client(one) as a, openai_client(two) as b:
+            r1 = a.responses.create(model=LLAMA, input="one")
+            assert b.responses.retrieve(r1.id).output_text == f"Hello from {LLAMA}!"
+            with b.responses.stream(model=LLAMA, input="two", previous_response_id=r1.id) as stream:
+                r2 = stream.get_final_response()
+            assert a.responses.retrieve(r2.id).output_text == f"Hello from {LLAMA}!"
+            assert [m["content"] for m in ollama_fake.last["body"]["messages"]] == [
+                "one", f"Hello from {LLAMA}!", "two"]
+            b.responses.delete(r1.id)
+            with pytest.raises(openai.NotFoundError):
+                a.responses.retrieve(r1.id)
+            before = redis_keys(redis_prefix)
+            forgotten = a.responses.create(model=LLAMA, input="forget me", store=False)
+            with b.responses.stream(model=CLAUDE, input="me too", store=False) as stream:
+                stream.get_final_response()
+            assert redis_keys(redis_prefix) == before == [f"{{{redis_prefix}}}:resp:{r2.id}"]
+            with pytest.raises(openai.NotFoundError):
+                b.responses.retrieve(forgotten.id)
+    finally:
+        one.stop()
+        two.stop()
+
+
+def test_redis_unreachable_is_a_503_never_a_wait(openai_fake, anthropic_fake, ollama_fake, own_redis):
+    gw = redis_gateway((openai_fake, anthropic_fake, ollama_fake), own_redis.url, "archtest")
+    try:
+        with openai_client(gw, timeout=10) as client:
+            r1 = client.responses.create(model=LLAMA, input="one")
+            own_redis.pause()  # it answers nothing: only the gateway's own timeout ends the wait
+            try:
+                started = time.monotonic()
+                for call in (lambda: client.responses.create(model=LLAMA, input="two", previous_response_id=r1.id),
+                             lambda: client.responses.retrieve(r1.id),
+                             lambda: client.responses.delete(r1.id),
+                             lambda: client.responses.input_items.list(r1.id)):
+                    with pytest.raises(openai.InternalServerError) as e:
+                        call()
+                    assert e.value.status_code == 503 and "Redis" in e.value.message
+                    assert e.value.body["type"] == "server_error"
+                # the answer is made: it reaches the client, unstored
+                unstored = client.responses.create(model=LLAMA, input="three")
+                assert unstored.output_text == f"Hello from {LLAMA}!"
+                assert time.monotonic() - started < 5
+            finally:
+                own_redis.resume()
+            time.sleep(1.1)  # past the fail-fast interval: Redis is asked again
+            assert client.responses.retrieve(r1.id).id == r1.id
+            with pytest.raises(openai.NotFoundError):
+                client.responses.retrieve(unstored.id)
+    finally:
+        gw.stop()
+    assert "not stored" in gw.output()
 
 
 # --- the reverse: Chat Completions clients of models served only by the Responses API -----------

@@ -9,6 +9,7 @@ OpenAI models are reached at their own /responses endpoint, untouched; others
 through the rules (rules/dialects/responses_to_*.yaml).
 """
 import json
+import logging
 
 from arch.errors import GatewayError
 from arch.http.handlers import Base, Chat, _Exchange
@@ -17,6 +18,7 @@ from arch.rules.responses import input_items
 from arch.state.responses import conversation, record
 
 DIALECT = "responses"
+log = logging.getLogger("arch")
 
 
 def _not_found(rid, param=None):
@@ -74,8 +76,11 @@ class Create(Chat):
         rid = answer.get("id") if isinstance(answer, dict) else None
         if not isinstance(rid, str) or answer.get("status") == "failed":
             return
-        await self.gateway.responses.put(rid, record(answer, input_items(body.get("input")), self.continues,
-                                                     self._endpoint(target)[1]))
+        try:
+            await self.gateway.responses.put(rid, record(answer, input_items(body.get("input")), self.continues,
+                                                         self._endpoint(target)[1]))
+        except GatewayError as e:  # the answer is made (and paid for): it still goes to the client
+            log.warning("%s: response %s not stored: %s", self.request_id, rid, e.message)
 
 
 class Stored(Base):

@@ -45,7 +45,7 @@ class Gateway:
         tracer.configure(self.runtime.config.tracing)
         report.open_access_log(self.runtime.config.access_log_file)
         self.pool = Pool(keepalive=self.runtime.config.keepalive_seconds)
-        self.responses = make_store(self.runtime.config.state.get("responses"))  # stored Responses, kept over reloads
+        self.responses = make_store(self.runtime.config.state)  # stored Responses (see reload)
         self.inflight = 0
         self.active = set()  # chat handlers in flight, to end them if shutdown runs out of drain time
         self._seen = self._fingerprint()
@@ -92,6 +92,8 @@ class Gateway:
                     log.exception("reload rejected, still serving the previous configuration")
                 report.RELOADS.labels("failure").inc()
             return False
+        if runtime.config.state != self.runtime.config.state:  # a new store (the old memory one is let go)
+            self.responses = make_store(runtime.config.state)
         self.runtime = runtime
         self.pool.keepalive = runtime.config.keepalive_seconds
         tracer.configure(runtime.config.tracing)

@@ -10,13 +10,18 @@ not N² items.
 
 The store is an interface of three coroutines (get, put, delete) so that the
 backend can be this process's memory (bounded in entries and bytes, oldest out
-first, each entry with a time to live) or Redis shared by replicas.
+first, each entry with a time to live) or Redis shared by workers and replicas
+(`state: {redis: ...}`; each record one JSON value expiring with the TTL; Redis's
+own memory policy bounds the rest). A Redis that does not answer within
+`state.timeout` is a 503 for what needs the store, never a wait.
 """
 import json
 import time
 from collections import OrderedDict
 
 from arch.errors import GatewayError
+from arch.state import backend
+from arch.state.redis import StateError
 
 MAX_CHAIN = 1000          # turns followed back from one previous_response_id
 DEFAULTS = {"max_entries": 10000, "max_bytes": 256 << 20, "ttl": 30 * 86400.0}
@@ -40,7 +45,7 @@ class MemoryStore:
         return json.loads(entry[2])
 
     async def put(self, rid, record):
-        data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode(errors="backslashreplace")
+        data = _dumps(record)
         if len(data) > self.max_bytes:
             return
         self._drop(rid)
@@ -59,9 +64,43 @@ class MemoryStore:
         return entry is not None
 
 
-def make_store(settings):
-    """The configured backend (`state.responses` in the config)."""
-    cfg = {**DEFAULTS, **(settings or {})}
+class RedisStore:
+    """Records in Redis under `{prefix}:resp:<id>`, next to the limits' keys (one hash
+    tag, one Cluster slot), through the client the limits use (one connection)."""
+
+    def __init__(self, shared, max_bytes, ttl):
+        self.redis, self.tag, self.max_bytes, self.ttl = shared.redis, shared.tag + "resp:", max_bytes, ttl
+
+    async def get(self, rid):
+        data = await self._call("GET", self.tag + rid)
+        return None if data is None else json.loads(data)
+
+    async def put(self, rid, record):
+        data = _dumps(record)
+        if len(data) <= self.max_bytes:
+            await self._call("SET", self.tag + rid, data, "PX", max(1, int(self.ttl * 1000)))
+
+    async def delete(self, rid):
+        return await self._call("DEL", self.tag + rid) > 0
+
+    async def _call(self, *command):
+        try:
+            return await self.redis.execute(*command)
+        except StateError as e:
+            raise GatewayError(503, f"stored responses are kept in Redis, which is unreachable ({e}); "
+                                    "try again shortly", headers={"retry-after": "1"}) from None
+
+
+def _dumps(record):
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode(errors="backslashreplace")
+
+
+def make_store(state):
+    """The configured backend: Redis when `state` names one, else this process's memory
+    (bounded by `state.responses`)."""
+    cfg = {**DEFAULTS, **(state.get("responses") or {})}
+    if state.get("redis"):
+        return RedisStore(backend(state), cfg["max_bytes"], cfg["ttl"])
     return MemoryStore(cfg["max_entries"], cfg["max_bytes"], cfg["ttl"])
 
 
