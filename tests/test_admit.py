@@ -292,3 +292,28 @@ def test_keys_with_balanced_deployments(fakes, openai_fake):
             assert client.chat.completions.create(model="balanced", messages=USER).choices[0].message.content
     finally:
         g.stop()
+
+
+def test_responses_endpoints_take_keys_and_keep_answers_per_key(gw, openai_fake, anthropic_fake):
+    with openai_client(gw, "not-a-key") as oai:
+        with pytest.raises(openai.AuthenticationError):
+            oai.responses.create(model="fast-model", input="Hi")
+        with pytest.raises(openai.AuthenticationError):
+            oai.responses.retrieve("resp_x")
+    with openai_client(gw, KEYS["team-a"]) as oai, openai_client(gw, KEYS["hashed"]) as other:
+        with pytest.raises(openai.PermissionDeniedError):
+            oai.responses.create(model="gpt-4o", input="Hi")
+        with pytest.raises(openai.PermissionDeniedError):
+            oai.responses.compact(model="gpt-4o", input="Hi")
+        mine = oai.responses.create(model="claude-3-5-sonnet-20241022", input="Hi")
+        assert oai.responses.retrieve(mine.id).id == mine.id
+        # another key's response is as if it did not exist
+        for call in (lambda: other.responses.retrieve(mine.id), lambda: other.responses.delete(mine.id),
+                     lambda: other.responses.input_items.list(mine.id),
+                     lambda: other.responses.create(model="gpt-4o-mini", input="x", previous_response_id=mine.id)):
+            with pytest.raises(openai.NotFoundError):
+                call()
+        assert oai.responses.create(model="claude-3-5-sonnet-20241022", input="again",
+                                    previous_response_id=mine.id).output_text
+    assert len(anthropic_fake.requests) == 2
+    assert openai_fake.requests == []  # another key's id is not tried at OpenAI either

@@ -426,7 +426,7 @@ def test_redis_chain_survives_a_gateway_restart(openai_fake, anthropic_fake, oll
             r2 = client.responses.create(model=LLAMA, input="two", previous_response_id=r1.id)
     finally:
         gw.stop()
-    keys = redis_keys(redis_prefix)
+    keys = redis_keys(f"{redis_prefix}}}:resp:")
     assert sorted(keys) == sorted(f"{{{redis_prefix}}}:resp:{r.id}" for r in (r1, r2))
     ttl = int(subprocess.run(["redis-cli", "PTTL", keys[0]], capture_output=True, text=True).stdout)
     assert 3500_000 < ttl <= 3600_000
@@ -459,11 +459,11 @@ def test_redis_store_shared_by_two_gateways(openai_fake, anthropic_fake, ollama_
             b.responses.delete(r1.id)
             with pytest.raises(openai.NotFoundError):
                 a.responses.retrieve(r1.id)
-            before = redis_keys(redis_prefix)
+            before = redis_keys(f"{redis_prefix}}}:resp:")
             forgotten = a.responses.create(model=LLAMA, input="forget me", store=False)
             with b.responses.stream(model=CLAUDE, input="me too", store=False) as stream:
                 stream.get_final_response()
-            assert redis_keys(redis_prefix) == before == [f"{{{redis_prefix}}}:resp:{r2.id}"]
+            assert redis_keys(f"{redis_prefix}}}:resp:") == before == [f"{{{redis_prefix}}}:resp:{r2.id}"]
             with pytest.raises(openai.NotFoundError):
                 b.responses.retrieve(forgotten.id)
     finally:
@@ -486,6 +486,7 @@ def test_redis_unreachable_is_a_503_never_a_wait(openai_fake, anthropic_fake, ol
                     with pytest.raises(openai.InternalServerError) as e:
                         call()
                     assert e.value.status_code == 503 and "Redis" in e.value.message
+                    assert str(own_redis.port) not in e.value.message
                     assert e.value.body["type"] == "server_error"
                 # the answer is made: it reaches the client, unstored
                 unstored = client.responses.create(model=LLAMA, input="three")

@@ -100,7 +100,7 @@ def served_names(name, first):
 
 def estimate(body):
     """Tokens to reserve: the prompt's estimate plus the most the answer may use."""
-    out = body.get("max_completion_tokens") or body.get("max_tokens")
+    out = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
     return estimate_tokens(body) + (out if isinstance(out, int) and out > 0 else OUTPUT_RESERVE)
 
 

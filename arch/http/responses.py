@@ -15,27 +15,36 @@ from arch.errors import GatewayError
 from arch.http.handlers import Base, Chat, _Exchange
 from arch.route.resolve import first_target
 from arch.rules.responses import input_items
-from arch.state.responses import conversation, record
+from arch.state.responses import conversation, not_found, record
 
 DIALECT = "responses"
 log = logging.getLogger("arch")
 
 
-def _not_found(rid, param=None):
-    return GatewayError(404, f"Response with id '{rid}' not found.", param)
+def _owner(handler):
+    """The name of the caller's gateway key (a 401 without a valid one); None when keys are off.
+    A stored response is seen only by the key that made it."""
+    admission = handler.runtime.admission
+    key = admission.authenticate(handler.request.headers) if admission is not None else None
+    return key and key.name
+
+
+async def _find(handler, rid):
+    owner = _owner(handler)
+    found = await handler.gateway.responses.get(rid)
+    if found is None or found.get("owner") != owner:
+        raise not_found(rid)
+    return found
 
 
 class Create(Chat):
-    """POST /v1/responses."""
+    """POST /v1/responses: authenticated and admitted as any chat request (Chat._serve)."""
 
     dialect = DIALECT
     keeps_answers = True
 
-    async def _serve(self):
-        client = self.runtime.rules.dialects[self.dialect]
-        body = await self._body(client.validate)
-        self.record["stream"] = body.get("stream") is True
-        route = await self._route(body)
+    async def _forward(self, client, body, route):
+        self.owner = self.record["key"] and self.record["key"].name
         self.history = {}  # provider dialect -> the conversation before this request, or None
         self.continues = None
         previous = body.get("previous_response_id")
@@ -43,14 +52,14 @@ class Create(Chat):
             for target in route:
                 origin = self._endpoint(target)[1]
                 if origin not in self.history:
-                    self.history[origin] = await conversation(self.gateway.responses, previous, origin)
+                    self.history[origin] = await conversation(self.gateway.responses, previous, origin, self.owner)
             if all(h is None for h in self.history.values()):
                 native = all(self._endpoint(t)[1] == DIALECT for t in route)
                 if not native:  # an OpenAI model may know an id the gateway never stored; no other can
-                    raise _not_found(previous, "previous_response_id")
+                    raise not_found(previous, "previous_response_id")
             else:
                 self.continues = previous
-        await self._forward(client, body, route)
+        await super()._forward(client, body, route)
 
     def _endpoint(self, target):
         native = target.native.get(DIALECT)
@@ -78,7 +87,7 @@ class Create(Chat):
             return
         try:
             await self.gateway.responses.put(rid, record(answer, input_items(body.get("input")), self.continues,
-                                                         self._endpoint(target)[1]))
+                                                         self._endpoint(target)[1], self.owner))
         except GatewayError as e:  # the answer is made (and paid for): it still goes to the client
             log.warning("%s: response %s not stored: %s", self.request_id, rid, e.message)
 
@@ -89,14 +98,12 @@ class Stored(Base):
     dialect = DIALECT
 
     async def get(self, rid):
-        found = await self.gateway.responses.get(rid)
-        if found is None:
-            raise _not_found(rid)
-        self.send_json(200, found["response"])
+        self.send_json(200, (await _find(self, rid))["response"])
 
     async def delete(self, rid):
+        await _find(self, rid)
         if not await self.gateway.responses.delete(rid):
-            raise _not_found(rid)
+            raise not_found(rid)
         self.send_json(200, {"id": rid, "object": "response", "deleted": True})
 
 
@@ -107,9 +114,7 @@ class InputItems(Base):
     dialect = DIALECT
 
     async def get(self, rid):
-        found = await self.gateway.responses.get(rid)
-        if found is None:
-            raise _not_found(rid)
+        found = await _find(self, rid)
         items = [_listed(item, f"msg_{rid[5:]}{n}") for n, item in enumerate(found["input"])]
         if self.get_argument("order", "desc") != "asc":
             items.reverse()
@@ -134,11 +139,17 @@ class Compact(Create):
     history = {}
 
     async def _serve(self):
+        admission = self.runtime.admission
+        if admission is not None:
+            self.record["key"] = key = admission.authenticate(self.request.headers)
         body = await self._body()
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise GatewayError(400, "model: a string is required", "model")
         self.record["requested_model"] = body["model"]
         target = first_target(self.runtime.routes.resolve(body["model"])[0])
+        if admission is not None:
+            self.ticket = await admission.admit(key, body["model"], body, self.request.headers, self.dialect,
+                                                self.request_id)
         self.record["provider"], self.record["model"] = target.provider, target.model
         native = target.native.get(DIALECT)
         if not native or not native[1]:

@@ -260,11 +260,11 @@ def anthropic_content(message, tools=None):
 
 
 IMAGE_TOKENS = 1600  # what Anthropic documents for a ~1.15 megapixel image
-IMAGE_TYPES = frozenset(("image", "document", "image_url", "input_image"))  # content blocks in either dialect
+IMAGE_TYPES = frozenset(("image", "document", "image_url", "input_image", "input_file"))  # content blocks, any dialect
 
 
 def estimate_tokens(body):
-    """A local estimate of an Anthropic request's input tokens, for providers
+    """A local estimate of a request's input tokens (Anthropic, Chat or Responses), for providers
     that cannot count: one token per 4 characters of text (system, messages,
     tool definitions and tool inputs/results), plus IMAGE_TOKENS per image or
     document (an OpenAI `image_url` block too: its base64 is no text) and 3
@@ -286,7 +286,7 @@ def estimate_tokens(body):
             for k, v in value.items():
                 walk(v, k)
 
-    walk([body.get("system"), body.get("messages"), body.get("tools")])
+    walk([body.get("system"), body.get("messages"), body.get("tools"), body.get("instructions"), body.get("input")])
     return chars // 4 + extra + 1
 
 

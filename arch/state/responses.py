@@ -16,6 +16,7 @@ own memory policy bounds the rest). A Redis that does not answer within
 `state.timeout` is a 503 for what needs the store, never a wait.
 """
 import json
+import logging
 import time
 from collections import OrderedDict
 
@@ -23,6 +24,7 @@ from arch.errors import GatewayError
 from arch.state import backend
 from arch.state.redis import StateError
 
+log = logging.getLogger("arch")
 MAX_CHAIN = 1000          # turns followed back from one previous_response_id
 DEFAULTS = {"max_entries": 10000, "max_bytes": 256 << 20, "ttl": 30 * 86400.0}
 
@@ -86,8 +88,9 @@ class RedisStore:
     async def _call(self, *command):
         try:
             return await self.redis.execute(*command)
-        except StateError as e:
-            raise GatewayError(503, f"stored responses are kept in Redis, which is unreachable ({e}); "
+        except StateError as e:  # the reason (with Redis's address) is logged, not told to the client
+            log.warning("stored responses: %s", e)
+            raise GatewayError(503, "stored responses are kept in Redis, which is unreachable right now; "
                                     "try again shortly", headers={"retry-after": "1"}) from None
 
 
@@ -104,14 +107,21 @@ def make_store(state):
     return MemoryStore(cfg["max_entries"], cfg["max_bytes"], cfg["ttl"])
 
 
-async def conversation(store, previous_id, origin):
+def not_found(rid, param=None):
+    return GatewayError(404, f"Response with id '{rid}' not found.", param)
+
+
+async def conversation(store, previous_id, origin, owner):
     """The items before a request that continues `previous_id`: each stored turn's
     input then its output, oldest first. Reasoning (and output types only OpenAI
     makes) comes back only to the kind of provider (`origin`) that made it.
-    None when `previous_id` is unknown; a 404 when the chain is broken."""
+    None when `previous_id` is unknown; a 404 when the chain is broken or the
+    response is another key's (`owner`: never sent on, even to OpenAI)."""
     record = await store.get(previous_id)
     if record is None:
         return None
+    if record.get("owner") != owner:
+        raise not_found(previous_id, "previous_response_id")
     chain = [record]
     while record.get("previous") and len(chain) < MAX_CHAIN:
         prior = record["previous"]
@@ -132,5 +142,5 @@ async def conversation(store, previous_id, origin):
 PORTABLE = ("message", "function_call", "custom_tool_call", "function_call_output", "custom_tool_call_output")
 
 
-def record(response, input_items, previous, origin):
-    return {"response": response, "input": input_items, "previous": previous, "origin": origin}
+def record(response, input_items, previous, origin, owner):
+    return {"response": response, "input": input_items, "previous": previous, "origin": origin, "owner": owner}
