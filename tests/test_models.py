@@ -61,10 +61,12 @@ def limited(tmp_path_factory, openai_fake, anthropic_fake, ollama_fake):
     table = yaml.safe_load((ROOT / "rules/models.yaml").read_text())
     table["llama3.1"] = {"context_window": 131072, "capabilities": []}
     table["gpt-4o-mini"] = {"capabilities": ["tools"], "max_output_tokens": 100}
+    table["qwen-responses"] = {"capabilities": ["responses_only"]}
     (rules / "models.yaml").write_text(yaml.safe_dump(table))
     config = gateway_config(openai_fake.url, anthropic_fake.url, ollama_fake.url)
     config["llm_providers"].append({"model": "openai/o3-pro", "access_key": "$OPENAI_API_KEY",
                                     "base_url": openai_fake.url})
+    config["llm_providers"].append({"model": "ollama/qwen-responses", "base_url": ollama_fake.url})
     config["rules"] = [str(rules)]
     gw = start_gateway(config, env=GATEWAY_ENV)
     yield gw
@@ -108,13 +110,19 @@ def test_user_rules_override_the_builtin_facts(limited, openai_fake):
     assert openai_fake.last["body"]["max_tokens"] == 100
 
 
-def test_responses_only_model_is_refused_without_a_translation(limited, openai_fake):
-    """Anthropic clients have no way into the Responses API (Chat Completions clients do:
-    tests/test_responses.py)."""
+def test_responses_only_model_is_reached_at_its_responses_endpoint(limited, openai_fake, ollama_fake):
+    """Chat and Anthropic clients reach it through their translations to the Responses API
+    (tests/test_responses.py); a provider without that API cannot serve it at all."""
+    with anthropic_client(limited) as client:
+        assert client.messages.create(model="o3-pro", max_tokens=10, messages=USER).content[0].text
+    assert openai_fake.last["path"] == "/v1/responses"
     with anthropic_client(limited) as client, pytest.raises(anthropic.BadRequestError) as info:
-        client.messages.create(model="o3-pro", max_tokens=10, messages=USER)
+        client.messages.create(model="qwen-responses", max_tokens=10, messages=USER)
     assert "Responses API" in info.value.message
-    assert openai_fake.requests == []
+    with openai_client(limited) as client, pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="qwen-responses", messages=USER)
+    assert "Responses API" in info.value.message
+    assert ollama_fake.requests == []
 
 
 def test_lookup_exact_then_most_specific_pattern():

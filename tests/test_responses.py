@@ -17,8 +17,8 @@ from openai.types.responses import Response, ResponseStreamEvent
 
 from conftest import (GATEWAY_ENV, SHARED_REDIS, anthropic_client, gateway_config, openai_client, redis_keys,
                       start_gateway)
-from fakes import Turn, parse_sse, responses_events, vector, vector_json
-from translate_util import CLAUDE, GPT, LLAMA, anth_message, anth_sse, oai_completion, raw_post
+from fakes import Turn, named_sse, parse_sse, responses_events, token_count, vector, vector_json
+from translate_util import CLAUDE, GPT, LLAMA, anth_message, anth_sse, anthropic_events, oai_completion, raw_post
 
 VECTORS = "openai_responses"
 WEATHER = [{"type": "function", "name": "get_weather", "description": "Weather for a city.",
@@ -553,7 +553,125 @@ def test_chat_stream_from_responses_only_model(codex_gateway, openai_fake):
     assert openai_fake.last["body"]["stream"] is True
 
 
-def test_anthropic_client_of_responses_only_model_is_told(codex_gateway, anthropic_fake):
+# --- Anthropic clients of models served only by the Responses API --------------------------------
+
+TOOL = {"name": "weather.get", "description": "Weather for a city.",   # a name OpenAI would refuse
+        "input_schema": WEATHER[0]["parameters"]}
+REASONING = vector_json(f"{VECTORS}/response_reasoning.json")
+SEALED = REASONING["output"][0]
+
+
+def test_anthropic_client_reaches_responses_only_model(codex_gateway, openai_fake):
+    openai_fake.script(lambda req: Turn(text="Checking.", tool_calls=[("weather_get", {"location": "Rome"})]))
+    with anthropic_client(codex_gateway) as client:
+        out = client.messages.create(
+            model=CODEX, max_tokens=100, system="Be brief.", tools=[TOOL],
+            tool_choice={"type": "auto", "disable_parallel_tool_use": True},
+            messages=[{"role": "user", "content": "Weather in Rome?"},
+                      {"role": "assistant", "content": [{"type": "tool_use", "id": "call_0", "name": "weather.get",
+                                                         "input": {"location": "Rome"}}]},
+                      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_0",
+                                                    "content": "timed out", "is_error": True},
+                                                   {"type": "text", "text": "Try again."}]}])
+    sent = openai_fake.last
+    assert sent["path"] == "/v1/responses"
+    assert sent["body"] == {
+        "model": CODEX, "instructions": "Be brief.", "max_output_tokens": 100, "store": False,
+        "input": [{"type": "message", "role": "user", "content": "Weather in Rome?"},
+                  {"type": "function_call", "call_id": "call_0", "name": "weather_get",
+                   "arguments": '{"location":"Rome"}'},
+                  {"type": "function_call_output", "call_id": "call_0", "output": "Error: timed out"},
+                  {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Try again."}]}],
+        "tools": [{"type": "function", "name": "weather_get", "description": "Weather for a city.",
+                   "parameters": WEATHER[0]["parameters"]}],
+        "tool_choice": "auto", "parallel_tool_calls": False}
+    assert out.stop_reason == "tool_use" and out.id.startswith("msg_")
+    assert [b.type for b in out.content] == ["text", "tool_use"] and out.content[0].text == "Checking."
+    call = out.content[1]
+    assert (call.id, call.name, call.input) == ("call_1_0", "weather.get", {"location": "Rome"})  # ids kept
+    assert out.usage.input_tokens == token_count(sent["raw"]) and out.usage.output_tokens == 2
+
+
+def test_anthropic_thinking_round_trips_as_openai_reasoning(codex_gateway, openai_fake):
+    """Thinking asked for: the reasoning item comes as a thinking block whose signature is the
+    sealed item, and the block sent back is that item again (OpenAI stores nothing for us)."""
+    openai_fake.enqueue(json=REASONING)
+    ask = {"model": CODEX, "max_tokens": 20000, "thinking": {"type": "enabled", "budget_tokens": 10000}}
+    with anthropic_client(codex_gateway) as client:
+        first = client.messages.create(**ask, messages=[{"role": "user", "content": "Capital of France?"}])
+        sent = openai_fake.last["body"]
+        assert sent["reasoning"] == {"effort": "medium", "summary": "auto"}
+        assert sent["include"] == ["reasoning.encrypted_content"]
+        thinking, text = first.content
+        assert thinking.type == "thinking" and thinking.thinking == SEALED["summary"][0]["text"]
+        assert text.text == "Paris."
+        assert first.usage.output_tokens == 97
+        client.messages.create(**ask, messages=[
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {"role": "user", "content": "And of Italy?"}])
+    assert openai_fake.last["body"]["input"] == [
+        {"type": "message", "role": "user", "content": "Capital of France?"},
+        {"type": "reasoning", "id": SEALED["id"], "encrypted_content": SEALED["encrypted_content"],
+         "summary": SEALED["summary"]},
+        {"type": "message", "role": "assistant", "content": "Paris."},
+        {"type": "message", "role": "user", "content": "And of Italy?"}]
+    # without thinking asked for, no reasoning is shown or asked for
+    openai_fake.enqueue(json=REASONING)
+    with anthropic_client(codex_gateway) as client:
+        plain = client.messages.create(model=CODEX, max_tokens=100, messages=[
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": [{"type": "thinking", "thinking": "an Anthropic thought",
+                                               "signature": "EqQBCkYIBxgCKkB"}, {"type": "text", "text": "Hello"}]},
+            {"role": "user", "content": "Capital of France?"}])
+    assert [b.type for b in plain.content] == ["text"]
+    sent = openai_fake.last["body"]
+    assert "reasoning" not in sent and "include" not in sent
+    assert [i["type"] for i in sent["input"]] == ["message"] * 3   # Anthropic's own signed thinking: dropped
+
+
+def test_anthropic_stream_from_responses_only_model(codex_gateway, openai_fake):
+    openai_fake.enqueue(sse=b"".join(named_sse(responses_events(REASONING))))
+    openai_fake.script(lambda req: Turn(text=["Let me ", "check."], tool_calls=[("weather_get", {"location": "Rome"}),
+                                                                                 ("weather_get", {"location": "Oslo"})]))
+    with anthropic_client(codex_gateway) as client:
+        with client.messages.stream(model=CODEX, max_tokens=20000, thinking={"type": "enabled", "budget_tokens": 2000},
+                                    messages=[{"role": "user", "content": "Capital of France?"}]) as stream:
+            first = stream.get_final_message()
+        assert openai_fake.last["body"]["stream"] is True
+        assert openai_fake.last["body"]["reasoning"] == {"effort": "low", "summary": "auto"}
+        thinking, text = first.content
+        assert thinking.thinking == SEALED["summary"][0]["text"] and text.text == "Paris."
+        assert thinking.signature == f"openai:{SEALED['id']}:{SEALED['encrypted_content']}"
+        assert first.stop_reason == "end_turn" and first.usage.output_tokens == 97
+        with client.messages.stream(model=CODEX, max_tokens=100, tools=[TOOL],
+                                    messages=[{"role": "user", "content": "Weather in Rome and Oslo?"}]) as stream:
+            second = stream.get_final_message()
+    assert [b.type for b in second.content] == ["text", "tool_use", "tool_use"]
+    assert second.content[0].text == "Let me check."
+    assert [(b.id, b.name, b.input) for b in second.content[1:]] == [
+        ("call_2_0", "weather.get", {"location": "Rome"}), ("call_2_1", "weather.get", {"location": "Oslo"})]
+    assert second.stop_reason == "tool_use" and second.usage.output_tokens == 4
+
+
+def test_anthropic_stream_failure_and_refusals(codex_gateway, openai_fake):
+    started = {**REASONING, "status": "in_progress", "output": [], "usage": None}
+    failed = {**started, "status": "failed", "error": {"code": "rate_limit_exceeded", "message": "slow down"}}
+    openai_fake.enqueue(sse=b"".join(named_sse([{"type": "response.created", "response": started, "sequence_number": 0},
+                                                {"type": "response.failed", "response": failed, "sequence_number": 1}])))
+    status, _, data = raw_post(codex_gateway, "/v1/messages", {"model": CODEX, "max_tokens": 10, "stream": True,
+                                                              "messages": [{"role": "user", "content": "Hi"}]})
+    events = anthropic_events(data)
+    assert status == 200 and [e["type"] for e in events] == ["message_start", "error"]
+    assert events[-1]["error"] == {"type": "rate_limit_error", "message": "slow down"}
+    refused = {**REASONING, "output": [{"id": "msg_r", "type": "message", "status": "completed", "role": "assistant",
+                                        "content": [{"type": "refusal", "refusal": "I can't help with that."}]}]}
+    openai_fake.enqueue(json=refused)
+    with anthropic_client(codex_gateway) as client:
+        out = client.messages.create(model=CODEX, max_tokens=10, messages=[{"role": "user", "content": "Hi"}])
+    assert out.stop_reason == "refusal" and out.content[0].text == "I can't help with that."
     with anthropic_client(codex_gateway) as client, pytest.raises(anthropic.BadRequestError) as e:
-        client.messages.create(model=CODEX, max_tokens=10, messages=[{"role": "user", "content": "Hi"}])
-    assert "Responses API" in e.value.message
+        client.messages.create(model=CODEX, max_tokens=10, stop_sequences=["END"],
+                               messages=[{"role": "user", "content": "Hi"}])
+    assert "stop_sequences" in e.value.message
+    assert len(openai_fake.requests) == 2   # the refused request never reached the provider

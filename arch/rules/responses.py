@@ -1,5 +1,6 @@
 """Rule functions for the Responses dialect: the structural steps its translations
-(`rules/dialects/responses_to_*.yaml`) call by name.
+(`rules/dialects/responses_to_*.yaml`, and `*_to_responses.yaml` for models served only
+by the Responses API) call by name.
 
 A Responses request is a list of typed items (messages, function calls and their
 outputs, reasoning) where Chat Completions and Anthropic have role-tagged turns;
@@ -17,7 +18,8 @@ with REDACTED).
 from jmespath import functions as _f
 
 from arch.errors import GatewayError
-from arch.rules.functions import _image_source, _parse_arguments, new_id, openai_tool_name, to_json
+from arch.rules.functions import (_image_source, _parse_arguments, new_id, openai_tool_name, original_tool_name,
+                                  to_json)
 
 REDACTED = "redacted:"
 NAMESPACE_SEP = "__"
@@ -504,6 +506,132 @@ def chat_message_from_output(output):
     return message
 
 
+# --- the reverse: Anthropic clients of models served only by the Responses API -------------
+# A reasoning item goes to an Anthropic client as a thinking block whose signature carries the
+# item's id and encrypted_content, so that the block sent back is the same item again (the
+# Responses API needs both to continue a conversation it did not store). Thinking blocks
+# signed by anyone else (Anthropic's own) are dropped: OpenAI cannot read them.
+
+OPENAI_SEAL = "openai:"
+SUMMARY_SEP = "\n\n"  # between a reasoning item's summary parts in one thinking text
+
+
+def reasoning_signature(item):
+    """A reasoning item's id and sealed reasoning, as a thinking block's signature."""
+    return f"{OPENAI_SEAL}{item.get('id') or ''}:{item.get('encrypted_content') or ''}"
+
+
+def _reasoning_from_thinking(block):
+    """The reasoning item a thinking block came from; None if it did not come from one
+    (or carries no encrypted reasoning, which OpenAI would refuse without a stored response)."""
+    signature = block.get("signature")
+    if not isinstance(signature, str) or not signature.startswith(OPENAI_SEAL):
+        return None
+    rid, _, sealed = signature[len(OPENAI_SEAL):].partition(":")
+    if not rid or not sealed:
+        return None
+    thought = block.get("thinking") or ""
+    return {"type": "reasoning", "id": rid, "encrypted_content": sealed,
+            "summary": [{"type": "summary_text", "text": thought}] if thought else []}
+
+
+def _input_block(block, where):
+    """An Anthropic text, image or document block as a Responses input part."""
+    kind = block.get("type") if isinstance(block, dict) else None
+    if kind == "text":
+        return {"type": "input_text", "text": block.get("text") or ""}
+    if kind in ("image", "document"):
+        src = block.get("source") or {}
+        stype = src.get("type")
+        if kind == "document" and stype == "text":
+            return {"type": "input_text", "text": src.get("data") or ""}
+        if stype in ("base64", "url"):
+            url = src.get("url") if stype == "url" else f"data:{src.get('media_type')};base64,{src.get('data')}"
+            if kind == "image":
+                return {"type": "input_image", "image_url": url, "detail": "auto"}
+            if stype == "url":
+                return {"type": "input_file", "file_url": url}
+            return {"type": "input_file", "file_data": url, "filename": block.get("title") or "document.pdf"}
+        raise GatewayError(400, f"{where}: {kind} source type '{stype}' cannot be sent to a Responses-only model", where)
+    raise GatewayError(400, f"{where}: content block type '{kind}' cannot be sent to a Responses-only model", where)
+
+
+def items_from_anthropic(messages):
+    """Anthropic turns as Responses input items: tool_use blocks become function_call items
+    and tool_result blocks function_call_output items (by the same ids), thinking blocks the
+    reasoning items they came from."""
+    items = []
+    for n, m in enumerate(messages):
+        role, content, where = m.get("role"), m.get("content"), f"messages[{n}]"
+        if role == "system":  # in place, as Claude Code sends it mid-conversation
+            role = "developer"
+        if isinstance(content, str):
+            items.append({"type": "message", "role": role, "content": content})
+            continue
+        parts = []
+
+        def flush():
+            if parts:
+                if role == "assistant":
+                    items.append({"type": "message", "role": role, "content": "".join(p["text"] for p in parts)})
+                else:
+                    items.append({"type": "message", "role": role, "content": list(parts)})
+                parts.clear()
+
+        for k, block in enumerate(content or ()):
+            kind, here = block.get("type"), f"{where}.content[{k}]"
+            if role == "assistant" and kind == "tool_use":
+                flush()
+                items.append({"type": "function_call", "call_id": block.get("id"),
+                              "name": openai_tool_name(block.get("name")), "arguments": to_json(block.get("input") or {})})
+            elif role == "assistant" and kind in ("thinking", "redacted_thinking"):
+                flush()
+                reasoning = _reasoning_from_thinking(block)
+                if reasoning is not None:
+                    items.append(reasoning)
+            elif role == "assistant" and kind != "text":
+                raise GatewayError(400, f"{here}: content block type '{kind}' cannot be sent to a Responses-only model", here)
+            elif kind == "tool_result":
+                flush()
+                items.append({"type": "function_call_output", "call_id": block.get("tool_use_id"),
+                              "output": _tool_output(block, here)})
+            else:
+                parts.append(_input_block(block, here))
+        flush()
+    return items
+
+
+def _tool_output(block, where):
+    """A tool_result's content as a function_call_output's output: text, or parts with images."""
+    inner = block.get("content")
+    parts = [{"type": "input_text", "text": inner}] if isinstance(inner, str) else [
+        _input_block(b, f"{where}.content[{k}]") for k, b in enumerate(inner or ())]
+    error = block.get("is_error")  # the Responses API has no error flag: the model reads it
+    if all(p["type"] == "input_text" for p in parts):
+        text = "\n".join(p["text"] for p in parts)
+        return f"Error: {text}" if error else text
+    return [{"type": "input_text", "text": "Error:"}, *parts] if error else parts
+
+
+def anthropic_from_output(output, tools, thinking):
+    """A Response's output items as Anthropic content blocks: reasoning as signed thinking
+    (when the client asked for thinking), text and refusals as text, calls as tool_use."""
+    blocks = []
+    for item in output or ():
+        kind = item.get("type")
+        if kind == "reasoning" and thinking:
+            blocks.append({"type": "thinking", "signature": reasoning_signature(item), "thinking": SUMMARY_SEP.join(
+                p.get("text") or "" for p in item.get("summary") or ())})
+        elif kind == "message":
+            blocks += [{"type": "text", "text": p.get("text") if p.get("type") == "output_text" else p.get("refusal")}
+                       for p in item.get("content") or () if p.get("text") or p.get("refusal")]
+        elif kind == "function_call":
+            blocks.append({"type": "tool_use", "id": item.get("call_id"),
+                           "name": original_tool_name(item.get("name"), tools),
+                           "input": _parse_arguments(item.get("arguments"))})
+    return blocks
+
+
 class ResponsesFunctions:
     """The functions above as JMESPath functions (mixed into every rules file's function set)."""
 
@@ -570,3 +698,15 @@ class ResponsesFunctions:
     @_f.signature({"types": ["array", "null"]})
     def _func_chat_message_from_output(self, output):
         return chat_message_from_output(output)
+
+    @_f.signature({"types": ["array"]})
+    def _func_items_from_anthropic(self, messages):
+        return items_from_anthropic(messages)
+
+    @_f.signature({"types": ["array", "null"]}, {"types": ["array", "null"]}, {"types": []})
+    def _func_anthropic_from_output(self, output, tools, thinking):
+        return anthropic_from_output(output, tools, thinking)
+
+    @_f.signature({"types": ["object"]})
+    def _func_reasoning_signature(self, item):
+        return reasoning_signature(item)
