@@ -1,8 +1,11 @@
-"""The JMESPath compiler (arch/rules/jmes.py) against jmespath itself.
+"""The JMESPath compilers (arch/rules/jmes.py, and arch/route/rules.py for
+routing rules) against jmespath itself.
 
 Every expression in the built-in rules, and a set covering each kind of node,
 is evaluated both ways on the recorded vectors and on random JSON: same value,
-or the same kind of error. This is what lets the rules run as closures.
+or the same kind of error. This is what lets the rules run as closures. A
+routing rule list, compiled into one function, holds exactly when jmespath
+finds its `when` true (a rule jmespath fails on does not hold).
 """
 from pathlib import Path
 
@@ -12,8 +15,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from arch.route.facts import facts
+from arch.route.rules import compile_list, compile_rules
 from arch.rules.dialects import rule_interpreter
-from arch.rules.jmes import compile_node
+from arch.rules.jmes import compile_node, is_false
 from fakes import vector_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,3 +102,40 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_
 def test_random_json_matches_jmespath(root):
     for text in EVERY_KIND:
         check(text, root)
+
+
+ROUTING_WHEN = [
+    "headers.\"x-tier\" == 'free'", "headers.\"x-tier\" != 'free'", "headers.\"x-tier\"", "headers.\"x-tier\".a",
+    "headers", "input_tokens > `100`", "input_tokens <= `5`", "input_tokens == `3`", "has_images", "!has_images",
+    "has_tools && !has_thinking", "has_tools || stream", "model == 'm'", "model != `null`", "model",
+    "body.a == `1`", "body.a != `1`", "body.a > `1`", "body.a < `1.5`", "body.a >= 'b'", "body.a == `true`",
+    "body.a == `[1]`", "body.a.b == 'x'", "body.a.b.c", "body.a || body.b", "body.a && body.b", "!body.a",
+    "!(body.a == `0`)", "body.a == body.b", "body.a < body.b", "length(body.a) > `1`", "nothing",
+    "nothing.a == `null`", "dialect == 'openai' && `0`", "`0`", "`\"\"`", "body.a[0] == `1`", "body.c[*].a",
+    "model_facts.tools", "has_tools && model_facts && !(model_facts.tools)", "contains(last_user_message, 'py')",
+    "(body.a || body.b) == `2`", "!(body.a && body.b)", "body.a > body.b || body.b",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from("abc"), JSON, max_size=3), st.sampled_from([None, "free", "vip"]),
+       st.sampled_from([None, "m", "x"]), st.integers(0, 200), st.booleans(), st.booleans(), st.booleans(),
+       st.sampled_from([None, {}, {"tools": True}, {"tools": False}]), st.sampled_from(["", "python"]))
+def test_routing_rules_hold_when_jmespath_finds_them_true(body, tier, model, tokens, images, tools, thinking,
+                                                          model_facts, last):
+    rules, problems = compile_rules([{"name": str(n), "when": w, "target": "t"} for n, w in enumerate(ROUTING_WHEN)],
+                                    "test")
+    assert not problems
+    body = {**body, "model": model, "stream": thinking}
+    headers = {"x-tier": tier} if tier else {}
+    for rule in rules:
+        first = compile_list([rule], lambda root, raw: model_facts)
+        root = facts(body, headers, "openai")
+        root.update(input_tokens=tokens, has_images=images, has_tools=tools, has_thinking=thinking,
+                    last_user_message=last)
+        reference = dict(root, model_facts=model_facts)
+        try:
+            holds = not is_false(INTERPRETER.visit(jmespath.compile(ROUTING_WHEN[int(rule.name)]).parsed, reference))
+        except (jmespath.exceptions.JMESPathError, TypeError):
+            holds = False
+        assert (first(root, b"") is rule) is holds, (rule.name, ROUTING_WHEN[int(rule.name)], root)

@@ -163,6 +163,17 @@ def test_alias_rules_on_every_fact(rules_gw, body, why, model):
     assert routed(rules_gw, {"model": "auto", **body}) == (why, model)
 
 
+def test_image_in_a_tool_result_is_an_image(rules_gw):
+    """A screenshot a tool returned (Anthropic's tool_result blocks): a vision model's, and
+    its base64 is no text for input_tokens either."""
+    screenshot = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A" * 40000}}
+    body = {"model": "auto", "max_tokens": 20, "messages": [
+        {"role": "user", "content": "take a screenshot"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Screenshot", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [screenshot]}]}]}
+    assert routed(rules_gw, body, path="/v1/messages") == ("auto rule vision -> openai/gpt-4o", "gpt-4o")
+
+
 def test_rule_on_model_facts_avoids_a_model_without_tools(rules_gw):
     assert routed(rules_gw, {"model": "chatgpt-4o-latest", "messages": USER, "tools": TOOLS}) == \
         ("rule needs-tools -> openai/gpt-4o", "gpt-4o")

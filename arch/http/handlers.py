@@ -289,7 +289,7 @@ class Chat(Base):
         """The targets for this request (rules, name, balancing, preferences), the decision
         recorded and returned in `x-arch-route`."""
         router = self.runtime.router
-        decision = router.decide(body, self.request.headers, self.dialect)
+        decision = router.decide(body, self.request.headers, self.dialect, self.request.body)
         if decision.pending:  # the router model chooses
             decision = await router.prefer(decision, body, self.request.headers, self.gateway.pool, self.request_id)
         self.record["alias"], self.record["route"] = decision.alias, decision.why

@@ -29,6 +29,7 @@ import math
 import random
 import time
 import zlib
+from bisect import bisect
 from dataclasses import dataclass
 
 from arch.observe import report
@@ -54,6 +55,8 @@ class Settings:
 class State:
     """What one process knows about one deployment."""
 
+    latest = 0.0  # when the latest ejection of any deployment ends (0: none to check)
+
     __slots__ = ("label", "inflight", "failures", "ejections", "ejected_until", "reason", "ttfb", "current")
 
     def __init__(self, label):
@@ -70,6 +73,7 @@ class State:
     def eject(self, seconds, reason):
         self.ejected_until = max(self.ejected_until, time.monotonic() + seconds)
         self.reason = reason
+        State.latest = max(State.latest, self.ejected_until)
 
     def record(self, settings, ttfb=None, status=None, retry_after=None):
         """One finished attempt: ttfb on success, else its status (a connect error is a
@@ -166,16 +170,21 @@ class Pool:
         self._pick = getattr(self, "_" + settings.strategy)
         self.all = tuple(range(len(self.targets)))
         self.why = {how: [f"{s.label} ({how})" for s in self.states] for how in (settings.strategy, "affinity")}
+        # for a pick among all of them (the common case): cumulative weights, and each order
+        self.cumulative = [sum(self.weights[:i + 1]) for i in self.all]
+        self.inverse = tuple(1 / w for w in self.weights)
+        self.orders = [(self.targets[i], *(self.targets[j] for j in self.all if j != i)) for i in self.all]
 
     def order(self, body, headers):
         """(the targets to try, in order, and a short reason): the chosen deployment first,
         then the other healthy ones; when every one is ejected, the least bad first."""
-        now = time.monotonic()
         healthy = self.all
-        for s in self.states:
-            if s.ejected_until > now:
+        if State.latest:  # some deployment was ejected: is any of these still?
+            now = time.monotonic()
+            if State.latest <= now:
+                State.latest = 0.0  # every ejection is over: no more clock reads until the next
+            elif any(s.ejected_until > now for s in self.states):
                 healthy = [i for i, s in enumerate(self.states) if not s.ejected(now)]
-                break
         if not healthy:
             ranked = sorted(range(len(self.states)), key=lambda i: self.states[i].ejected_until)
             return [self.targets[i] for i in ranked], f"{self.states[ranked[0]].label} (all ejected, least bad)"
@@ -184,6 +193,8 @@ class Pool:
             first, how = self._rendezvous(healthy, key), "affinity"
         else:
             first, how = (healthy[0] if len(healthy) == 1 else self._pick(healthy)), self.settings.strategy
+        if healthy is self.all:
+            return self.orders[first], self.why[how][first]
         targets = [self.targets[first]]
         targets += [self.targets[i] for i in healthy if i != first]
         return targets, self.why[how][first]
@@ -206,6 +217,8 @@ class Pool:
         return max(healthy, key=score)
 
     def _weighted(self, healthy):
+        if len(healthy) == len(self.all):  # all of them: O(log n)
+            return min(bisect(self.cumulative, random.random() * self.cumulative[-1]), len(self.all) - 1)
         total = sum(self.weights[i] for i in healthy)
         r = random.random() * total
         for i in healthy:
@@ -226,9 +239,15 @@ class Pool:
         return best
 
     def _least_inflight(self, healthy):
-        loads = [self.states[i].inflight / self.weights[i] for i in healthy]
-        low = min(loads)
-        return self._weighted([i for i, load in zip(healthy, loads) if load == low])
+        states, inverse = self.states, self.inverse
+        low, tied = math.inf, []
+        for i in healthy:
+            load = states[i].inflight * inverse[i]
+            if load < low:
+                low, tied = load, [i]
+            elif load == low:
+                tied.append(i)
+        return self._weighted(tied)
 
     def _lowest_latency(self, healthy):
         unmeasured = [i for i in healthy if self.states[i].ttfb is None]

@@ -1,16 +1,20 @@
 """What routing rules read: the request, its headers, and facts computed from it.
 
-A rule's `when` is JMESPath over a plain dict of these. The costly ones
-(counting tokens, looking for images) are computed only when some rule of
-the list being evaluated names them, which is known at load (`reads`):
+A rule's `when` is JMESPath over a plain dict of these. The computed ones are
+computed only when a rule that names them is reached (which rules name which
+is known at load, from their syntax trees: `reads`), once per request:
 
     model          the model the client asked for (null when it named none)
     body           the request body as sent
     headers        request headers, by lower-case name
     dialect        the client's dialect: openai or anthropic
     stream         whether the client asked for a stream
-    input_tokens   estimated input tokens (4 characters a token, images a fixed amount)
-    has_images     an image anywhere in the messages
+    input_tokens   estimated input tokens: the body's bytes / 4, each image or document counted
+                   as IMAGE_TOKENS instead of its bytes. No walk over the text; JSON's keys and
+                   quotes count as text, so it errs high, towards the long-context model: a few
+                   hundred tokens for a small request, 10-30% above `estimate_tokens` (the text
+                   alone) for the large ones a threshold is about
+    has_images     an image or document anywhere in the messages (tool results included)
     has_tools      tool definitions offered
     has_thinking   extended thinking / reasoning effort asked for
     last_user_message  the text of the last user message ("" when none)
@@ -19,15 +23,44 @@ the list being evaluated names them, which is known at load (`reads`):
 """
 import jmespath
 
-from arch.rules.functions import IMAGE_TYPES, estimate_tokens
+from arch.rules.functions import IMAGE_TOKENS, IMAGE_TYPES
 
 
-def _has_images(body):
+_LOOK = IMAGE_TYPES | {"tool_result"}
+
+
+def _images(body):
+    """(images and documents in the messages, the characters of their strings): a walk over the
+    content blocks of the messages an image can be in (not an assistant's), and into a tool
+    result's blocks (a screenshot a tool returned)."""
+    count = chars = 0
     for message in _messages(body):
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") in IMAGE_TYPES for b in content):
-            return True
-    return False
+        if message.__class__ is not dict or (content := message.get("content")).__class__ is not list \
+                or message.get("role") == "assistant":
+            continue  # plain text, the common case
+        for block in content:
+            if block.__class__ is dict and block.get("type") in _LOOK:
+                if block["type"] != "tool_result":
+                    count, chars = count + 1, chars + _chars(block)
+                elif (inner := block.get("content")).__class__ is list:
+                    for part in inner:
+                        if part.__class__ is dict and part.get("type") in IMAGE_TYPES:
+                            count, chars = count + 1, chars + _chars(part)
+    return count, chars
+
+
+def _chars(value):
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(map(_chars, value.values()))
+    return sum(map(_chars, value)) if isinstance(value, list) else 0
+
+
+def _input_tokens(root, raw):
+    count, chars = _images(root["body"])
+    root.setdefault("has_images", count > 0)  # the same walk answers both
+    return max(len(raw) - chars, 0) // 4 + count * IMAGE_TOKENS
 
 
 def _messages(body):
@@ -61,14 +94,24 @@ def last_user_message(body):
     return ""
 
 
-COMPUTED = {
-    "input_tokens": estimate_tokens,
-    "has_images": _has_images,
-    "has_tools": lambda body: bool(body.get("tools") or body.get("functions")),
-    "has_thinking": _has_thinking,
-    "last_user_message": last_user_message,
-    "model_facts": None,  # needs the routes and the model table: given to `facts` by the router
+COMPUTED = {  # name -> function of (the root, the raw body bytes)
+    "input_tokens": _input_tokens,
+    "has_images": lambda root, raw: _images(root["body"])[0] > 0,
+    "has_tools": lambda root, raw: bool(root["body"].get("tools") or root["body"].get("functions")),
+    "has_thinking": lambda root, raw: _has_thinking(root["body"]),
+    "last_user_message": lambda root, raw: last_user_message(root["body"]),
+    "model_facts": None,  # needs the routes and the model table: the router's (`Router.model_facts`)
 }
+_MISSING = object()
+
+
+def computed(root, raw, name, compute):
+    """A computed fact of this request, computed on its first use and kept in the root (where
+    other rule lists of the same request, and rules compiled as closures, find it)."""
+    value = root.get(name, _MISSING)
+    if value is _MISSING:
+        value = root[name] = compute(root, raw)
+    return value
 
 
 class _Headers(dict):
@@ -98,15 +141,7 @@ def reads(expression):
     return names
 
 
-def facts(body, headers, dialect, computed=(), model_facts=None):
-    """The root a rule list is evaluated on, with the computed facts it reads."""
-    out = {"model": body.get("model"), "body": body, "headers": _Headers(headers), "dialect": dialect,
-           "stream": body.get("stream") is True}
-    add(out, body, computed, model_facts)
-    return out
-
-
-def add(out, body, computed, model_facts):
-    for name in computed:
-        if name not in out:
-            out[name] = model_facts(out["model"]) if name == "model_facts" else COMPUTED[name](body)
+def facts(body, headers, dialect):
+    """The root a rule list is evaluated on; computed facts are added as rules reach them."""
+    return {"model": body.get("model"), "body": body, "headers": _Headers(headers), "dialect": dialect,
+            "stream": body.get("stream") is True}

@@ -12,17 +12,12 @@ from dataclasses import dataclass, field
 from arch.errors import ConfigError, GatewayError
 from arch.route import balance, prefer
 from arch.route.balance import Pool
-from arch.route.facts import add, facts
+from arch.route.facts import facts
 from arch.route.resolve import first_target
-from arch.route.rules import compile_rules, first_match
+from arch.route.rules import compile_list, compile_rules
 
 
-def _reads(rules):
-    """The computed facts a rule list needs, in a fixed order."""
-    return tuple(sorted(set().union(*(r.reads for r in rules))))
-
-
-@dataclass
+@dataclass(slots=True)
 class Decision:
     route: tuple        # targets to try, in order
     name: str           # the name that was resolved (after the rules)
@@ -78,18 +73,19 @@ class Router:
                       + compiled(specs, f"{source}: routing_rules"))
         self.alias_rules = {alias: compiled(found, f"{config.path}: model_aliases.{alias}.routing_rules")
                             for alias, found in config.alias_rules.items()}
-        self.reads = _reads(self.rules)
-        self.alias_reads = {alias: _reads(found) for alias, found in self.alias_rules.items()}
         if problems:
             raise ConfigError(problems)
+        self.first = compile_list(self.rules, self._model_facts) if self.rules else None
+        self.alias_first = {alias: compile_list(found, self._model_facts) for alias, found in self.alias_rules.items()}
+        self.alias_default = {alias: f"{alias} default" for alias in self.alias_rules}
         # deployment -> (its State, its pool's Settings): what the handler reports each attempt to
         self.tracked = {t: (state, pool.settings) for pool in routes.pools
                         for t, state in zip(pool.targets, pool.states)}
 
-    def _model_facts(self, name):
-        """rules/models.yaml's view of the model a name resolves to, or None."""
+    def _model_facts(self, root, raw):
+        """rules/models.yaml's view of the model the request names, or None (a computed fact)."""
         try:
-            facts = self.models.get(first_target(self.routes.resolve(name)[0]).model)
+            facts = self.models.get(first_target(self.routes.resolve(root["model"])[0]).model)
         except GatewayError:
             return None
         return facts and facts.view
@@ -101,31 +97,25 @@ class Router:
         except GatewayError:
             return False
 
-    def decide(self, body, headers, dialect):
-        """The Decision for a request; a name nothing serves is a 404."""
+    def decide(self, body, headers, dialect, raw):
+        """The Decision for a request (`raw`: its body's bytes); a name nothing serves is a 404."""
         name, alias, decided_by, why = body.get("model"), None, None, []
-        root = None
-        if self.rules:
-            root = facts(body, headers, dialect, self.reads, self._model_facts)
-            rule = first_match(self.rules, root)
-        else:
-            rule = None
-        if rule:
-            name, decided_by = rule.target, rule.name
-            why.append(f"rule {rule.name}")
-        alias_rules = self.alias_rules.get(name)
-        if alias_rules is not None:
+        root = rule = None
+        if self.first is not None:
+            root = facts(body, headers, dialect)
+            rule = self.first(root, raw)
+            if rule:
+                name, decided_by = rule.target, rule.name
+                why.append(f"rule {rule.name}")
+        alias_first = self.alias_first.get(name)
+        if alias_first is not None:
             alias = name
-            if root is None:
-                root = facts(body, headers, dialect, self.alias_reads[alias], self._model_facts)
-            else:
-                add(root, body, self.alias_reads[alias], self._model_facts)
-            rule = first_match(alias_rules, root)
+            rule = alias_first(root or facts(body, headers, dialect), raw)
             if rule:
                 name, decided_by = rule.target, f"{alias}: {rule.name}"
                 why.append(f"{alias} rule {rule.name}")
             else:
-                why.append(f"{alias} default")
+                why.append(self.alias_default[alias])
         if name is None or name in self.preference_aliases:  # the router model decides (see prefer)
             if not self.preferences:
                 raise GatewayError(400, "model: a model is required (no routing_preferences are configured)",
@@ -150,6 +140,10 @@ class Router:
     @staticmethod
     def _choose(route, body, headers, why):
         """The targets of a route with Pools in it: each Pool's choice, then its other deployments."""
+        if len(route) == 1 and isinstance(route[0], Pool):  # one Pool, no fallbacks
+            targets, chosen = route[0].order(body, headers)
+            why.append("-> " + chosen)
+            return targets
         out = []
         for step in route:
             if isinstance(step, Pool):
