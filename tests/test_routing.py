@@ -550,6 +550,30 @@ def test_tool_loop_stays_on_the_turns_model(pref_gw, router_fake, fakes):
     assert len(router_fake.requests) == 2
 
 
+def test_prefer_fastest_by_measured_time_to_first_byte(fakes, router_fake):
+    """`prefer: fastest`: before any measurement the listed order; a model not measured yet
+    is tried first (once); then the lowest measured time to first byte wins."""
+    cfg = preference_config(fakes, router_fake)
+    cfg["routing_preferences"] = [{"name": "quick", "description": "quick answers",
+                                   "models": ["gpt-4o", "claude-3-5-sonnet-20241022"],
+                                   "selection_policy": {"prefer": "fastest"}}]
+    router_fake.routes = {"quick": "quick"}
+    reply = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "slow"}, "finish_reason": "stop"}]}
+    fakes[0].enqueue(json=reply, delay=0.5)  # gpt-4o's first answer is slow; Claude's are at once
+    gw = start_gateway(cfg, env=GATEWAY_ENV)
+    try:
+        def ask(n):  # a new conversation each time: the router is asked, nothing cached
+            return routed(gw, {"messages": [{"role": "user", "content": f"quick question {n}"}]})[0]
+        assert ask(1) == "preference quick (router) -> openai/gpt-4o"  # nothing measured: as listed
+        assert ask(2) == "preference quick (router) -> anthropic/claude-3-5-sonnet-20241022"  # not measured yet
+        for n in range(3, 6):  # both measured: Claude answered faster
+            assert ask(n) == "preference quick (router) -> anthropic/claude-3-5-sonnet-20241022"
+    finally:
+        gw.stop()
+    assert len(fakes[0].requests) == 1 and len(fakes[1].requests) == 4
+
+
 def test_rule_targets_a_preference_and_plano_forms_load(fakes, router_fake, tmp_path):
     """Plano's v0.3 inline routing_preferences (migrated, with a warning) and
     overrides.llm_routing_model; a routing rule may name a preference route."""

@@ -165,8 +165,13 @@ class Router:
                 p = self.prices.get(first_target(self.routes.resolve(name)[0]).model) or {}
                 return (p.get("input", 0) + p.get("output", 0)) if p else float("inf")
             names.sort(key=price)
-        elif preference.prefer == "fastest":  # measured time to first byte; the unmeasured after
-            names.sort(key=lambda n: balance.LATENCY.get(first_target(self.routes.resolve(n)[0]).name, float("inf")))
+        elif preference.prefer == "fastest":
+            # by measured time to first byte; a model not measured yet first (in the listed order,
+            # so before any measurement the order is as listed), so each is measured once
+            def latency(name):
+                measured = balance.LATENCY.get(first_target(self.routes.resolve(name)[0]).name)
+                return (measured is not None, measured or 0.0)
+            names.sort(key=latency)
         steps = [step for n in names for step in self.routes.resolve(n)]
         why = []
         route = self._choose(steps, body, headers, why)
