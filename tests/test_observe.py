@@ -760,10 +760,11 @@ def test_span_per_request_with_incoming_traceparent(gw, oai, openai_fake, collec
     a = attrs(span)
     assert {k: a.get(k) for k in ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model",
                                   "gen_ai.response.model", "gen_ai.usage.input_tokens",
-                                  "gen_ai.usage.output_tokens", "arch.request_id")} == {
+                                  "gen_ai.usage.output_tokens", "arch.request_id", "arch.alias", "arch.route")} == {
         "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "fast-model",
         "gen_ai.response.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": r.usage.prompt_tokens,
-        "gen_ai.usage.output_tokens": r.usage.completion_tokens, "arch.request_id": mine}
+        "gen_ai.usage.output_tokens": r.usage.completion_tokens, "arch.request_id": mine,
+        "arch.alias": "fast-model", "arch.route": "-> openai/gpt-4o-mini"}  # the routing decision, as in x-arch-route
     assert int(span["endTimeUnixNano"]) >= int(span["startTimeUnixNano"]) > 0
     post = next(p for p in collector.posts if any(
         s["spanId"] == span["spanId"] for rs in p["body"]["resourceSpans"] for ss in rs["scopeSpans"]

@@ -8,10 +8,11 @@ or raw HTTP, against the fake providers, and checks what the fakes received.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from conftest import GATEWAY_ENV, anthropic_client, openai_client, start_gateway
+from conftest import GATEWAY_ENV, anthropic_client, free_port, launch, openai_client, start_gateway
 from reliability_util import config, request
 from test_config import archgw, write
 
@@ -380,6 +381,23 @@ def test_ejection_failover_and_recovery(fakes):
     assert "deployment gpt[0] openai/gpt-4o: 2 failures in a row (last 500), ejected 1s" in log
 
 
+def test_an_alias_and_the_name_it_balances_share_their_deployments(fakes):
+    """An ejection learned through an alias holds for requests by the name behind it (one
+    state per deployment, not per pool), and /healthz lists each deployment once."""
+    from reliability_util import health
+    gw = balanced_gw(fakes, {"strategy": "round_robin", "consecutive_failures": 1}, alias={"target": ["gpt"]})
+    fakes[0].enqueue(500, json={"error": {"message": "boom", "type": "server_error", "param": None, "code": None}})
+    try:
+        assert send(gw, 1, "pool") == ["-> gpt[0] openai/gpt-4o (round_robin)"]  # fails, [1] answers
+        deployments = health(gw)["deployments"]
+        assert [(d["deployment"], bool(d["ejected_for_s"])) for d in deployments] == \
+            [("gpt[0] openai/gpt-4o", True), ("gpt[1] openai/gpt-4o", False)]
+        assert set(send(gw, 4, "gpt")) == {"-> gpt[1] openai/gpt-4o (round_robin)"}
+    finally:
+        gw.stop()
+    assert counts(fakes) == (1, 5)
+
+
 def test_429_cools_for_retry_after_and_all_ejected_tries_least_bad(fakes):
     from reliability_util import health
     gw = balanced_gw(fakes, {"strategy": "round_robin"})
@@ -596,6 +614,48 @@ def test_rule_targets_a_preference_and_plano_forms_load(fakes, router_fake, tmp_
     finally:
         gw.stop()
     assert "llm_providers[1].routing_preferences: the inline (v0.3) form" in output
+
+
+PLANO_V04 = """
+version: v0.4.0
+listeners:
+  - {{type: model, name: model_listener, port: 12000}}
+model_providers:
+  - {{model: openai/gpt-4o, access_key: $OPENAI_API_KEY, base_url: "{openai}", default: true}}
+  - {{model: openai/gpt-4o-mini, access_key: $OPENAI_API_KEY, base_url: "{openai}"}}
+  - {{model: anthropic/claude-sonnet-4-20250514, access_key: $ANTHROPIC_API_KEY, base_url: "{anthropic}"}}
+  - {{model: arch/Arch-Router, name: arch-router, provider_interface: openai, base_url: "{router}"}}
+routing_preferences:
+  - name: code generation
+    description: generating new code snippets, functions, or boilerplate based on user prompts
+    models: [anthropic/claude-sonnet-4-20250514, openai/gpt-4o]
+    selection_policy: {{prefer: cheapest}}
+  - name: general chat
+    description: greetings and small talk
+    models: [openai/gpt-4o-mini, openai/gpt-4o]
+overrides:
+  llm_routing_model: arch-router
+"""
+
+
+def test_plano_v04_file_routes_by_preference_as_it_is(fakes, router_fake, tmp_path):
+    """A Plano v0.4 file (listener list, model_providers, top-level routing_preferences with
+    ordered models and selection_policy, overrides.llm_routing_model) serves as written."""
+    (tmp_path / "config.yaml").write_text(PLANO_V04.format(openai=fakes[0].url, anthropic=fakes[1].url,
+                                                           router=router_fake.url))
+    router_fake.routes = {"code": "code generation", "hello": "general chat"}
+    port = free_port()
+    gw = launch(tmp_path, port, {**os.environ, **GATEWAY_ENV}, ("--host", "127.0.0.1", "--port", str(port)))
+    try:
+        # cheapest of the two by rules/prices.yaml; then the listed order
+        assert routed(gw, {"messages": [{"role": "user", "content": "write code to parse a date"}]}) == \
+            ("preference code generation (router) -> openai/gpt-4o", "gpt-4o")
+        assert routed(gw, {"messages": [{"role": "user", "content": "hello there"}]}) == \
+            ("preference general chat (router) -> openai/gpt-4o-mini", "gpt-4o-mini")
+        output = gw.output()
+    finally:
+        gw.stop()
+    assert "not supported" not in output, output
 
 
 def test_no_model_without_preferences_is_a_clear_400(gateway):

@@ -130,7 +130,7 @@ class Health(Base):
 
     def get(self):
         pool, now = self.gateway.pool, time.monotonic()
-        deployments = [state.snapshot(now) for p in self.runtime.routes.pools for state in p.states]
+        deployments = [state.snapshot(now) for state in self.runtime.routes.states]
         self.send_json(200, {"status": "ok", "inflight": self.gateway.inflight,
                              "idle_upstream_connections": sum(len(v) for v in pool.idle.values()),
                              **({"deployments": deployments} if deployments else {})})
@@ -166,7 +166,7 @@ class Metrics(Base):
     def get(self):
         if self.runtime.admission is not None:
             self.runtime.admission.require_admin(self.request.headers)
-        balance.refresh_gauges(self.runtime.routes.pools)
+        balance.refresh_gauges(self.runtime.routes.states)
         body, content_type = report.metrics_text()
         self.set_header("Content-Type", content_type)
         self.finish(body)

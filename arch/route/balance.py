@@ -20,8 +20,10 @@ conversation's first messages) keeps a conversation on one deployment, for
 the provider's prompt cache, by rendezvous hashing: when a deployment is
 ejected only its own conversations move.
 
-State outlives reloads: a deployment keeps its numbers as long as its pool
-name, position, provider, model and URL stay the same.
+One State per deployment, shared by every pool it is in (its name's, and each
+alias balanced over it): what one pool's requests learn, the others see. It
+outlives reloads: a deployment keeps its numbers as long as its name,
+provider, model, URL and headers (its key) stay the same.
 """
 import json
 import logging
@@ -57,7 +59,7 @@ class State:
 
     latest = 0.0  # when the latest ejection of any deployment ends (0: none to check)
 
-    __slots__ = ("label", "inflight", "failures", "ejections", "ejected_until", "reason", "ttfb", "current")
+    __slots__ = ("label", "inflight", "failures", "ejections", "ejected_until", "reason", "ttfb")
 
     def __init__(self, label):
         self.label = label
@@ -65,7 +67,6 @@ class State:
         self.ejected_until = 0.0
         self.reason = None
         self.ttfb = None     # EWMA of seconds to the provider's first byte
-        self.current = 0.0  # smooth round robin's running weight
 
     def ejected(self, now):
         return self.ejected_until > now
@@ -143,15 +144,14 @@ class Attempt:
                 report.EJECTIONS.labels(state.label).inc()
 
 
-def refresh_gauges(pools):
+def refresh_gauges(states):
     """Set arch_deployment_ejected for each deployment (at a scrape: ejections end by themselves)."""
     now = time.monotonic()
-    for pool in pools:
-        for state in pool.states:
-            report.EJECTED.labels(state.label).set(1 if state.ejected(now) else 0)
+    for state in states:
+        report.EJECTED.labels(state.label).set(1 if state.ejected(now) else 0)
 
 
-_STATES = {}  # stable key -> State, shared by the snapshots a reload replaces
+_STATES = {}  # deployment -> State, shared by its pools and by the snapshots a reload replaces
 
 
 class Pool:
@@ -162,11 +162,12 @@ class Pool:
         self.weights = tuple(float(w) for w in weights)
         self.states = []
         for i, t in enumerate(self.targets):
-            key = (name, i, t.provider, t.model, t.url)
+            key = (t.name, t.provider, t.model, t.url, tuple(sorted(t.headers.items())))
             state = _STATES.get(key)
-            if state is None:
+            if state is None:  # named after the first pool that has it (its name's, when it has one)
                 state = _STATES[key] = State(f"{name}[{i}] {t.provider}/{t.model}")
             self.states.append(state)
+        self.current = [0.0] * len(self.targets)  # smooth round robin's running weights
         self._pick = getattr(self, "_" + settings.strategy)
         self.all = tuple(range(len(self.targets)))
         self.why = {how: [f"{s.label} ({how})" for s in self.states] for how in (settings.strategy, "affinity")}
@@ -228,14 +229,13 @@ class Pool:
         return healthy[-1]
 
     def _round_robin(self, healthy):
-        total, best = 0.0, None
+        total, best, current = 0.0, None, self.current
         for i in healthy:
-            s = self.states[i]
-            s.current += self.weights[i]
+            current[i] += self.weights[i]
             total += self.weights[i]
-            if best is None or s.current > self.states[best].current:
+            if best is None or current[i] > current[best]:
                 best = i
-        self.states[best].current -= total
+        current[best] -= total
         return best
 
     def _least_inflight(self, healthy):

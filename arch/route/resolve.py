@@ -246,6 +246,7 @@ class Routes:
                          for p, v in reversed(self.by_pattern.entries)}
         self.pools = list({id(s): s for route in [*table.values(), *(r for _, r in patterns)]
                            for s in route if isinstance(s, Pool)}.values())
+        self.states = list({id(s): s for pool in self.pools for s in pool.states}.values())  # each deployment once
         names = self.names()
         self._listed = ""
         if list_names:  # said once, at load: which names are served (listener list_models_in_errors)

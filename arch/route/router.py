@@ -78,9 +78,11 @@ class Router:
         self.first = compile_list(self.rules, self._model_facts) if self.rules else None
         self.alias_first = {alias: compile_list(found, self._model_facts) for alias, found in self.alias_rules.items()}
         self.alias_default = {alias: f"{alias} default" for alias in self.alias_rules}
-        # deployment -> (its State, its pool's Settings): what the handler reports each attempt to
-        self.tracked = {t: (state, pool.settings) for pool in routes.pools
-                        for t, state in zip(pool.targets, pool.states)}
+        # deployment -> (its State, its first pool's Settings): what the handler reports each attempt to
+        self.tracked = {}
+        for pool in routes.pools:
+            for t, state in zip(pool.targets, pool.states):
+                self.tracked.setdefault(t, (state, pool.settings))
 
     def _model_facts(self, root, raw):
         """rules/models.yaml's view of the model the request names, or None (a computed fact)."""
