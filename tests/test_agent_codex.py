@@ -25,7 +25,7 @@ def respond(req):
     return Turn("The command printed: " + ("codex-was-here" if "codex-was-here" in result else "nothing"))
 
 
-def codex_exec(npm_bin, gateway, model, tmp_path):
+def codex_exec(npm_bin, gateway, model, tmp_path, settings=""):
     """`codex exec` in a fresh HOME whose config.toml sends `model` to the gateway's Responses API."""
     home, work = tmp_path / "home", tmp_path / "work"
     (home / ".codex").mkdir(parents=True)
@@ -33,7 +33,7 @@ def codex_exec(npm_bin, gateway, model, tmp_path):
     (home / ".codex" / "config.toml").write_text(f'''
 model = "{model}"
 model_provider = "archgw"
-web_search = "disabled"   # a built-in OpenAI tool: refused for other providers
+{settings}
 
 [model_providers.archgw]
 name = "archgw"
@@ -49,14 +49,19 @@ env_key = "ARCHGW_TEST_KEY"
     return done, work
 
 
+# Codex offers OpenAI's web search by default: Claude runs it as Anthropic's web search;
+# an OpenAI-compatible model has none, so Codex is told not to offer it.
 @pytest.mark.parametrize("model", [CLAUDE, LLAMA])
 def test_codex_runs_a_shell_command(npm_bin, gateway, anthropic_fake, ollama_fake, model, tmp_path):
     fake = anthropic_fake if model == CLAUDE else ollama_fake
     fake.script(respond)
-    done, work = codex_exec(npm_bin, gateway, model, tmp_path)
+    done, work = codex_exec(npm_bin, gateway, model, tmp_path,
+                            "" if model == CLAUDE else 'web_search = "disabled"')
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert (work / "proof.txt").read_text().strip() == "codex-was-here"
     assert "The command printed: codex-was-here" in done.stdout
     first, second = fake.requests[-2:]
     assert "codex-was-here" in tool_result(second["body"])
     assert first["body"].get("stream") is True
+    if model == CLAUDE:
+        assert {"type": "web_search_20250305", "name": "web_search"} in first["body"]["tools"]

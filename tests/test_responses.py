@@ -216,11 +216,71 @@ def test_custom_and_namespace_tools_restored(gateway, anthropic_fake, oai):
                                                             ("crm__lookup", {"email": "a@b.c"})]
 
 
-def test_built_in_tool_refused_for_anthropic(gateway, anthropic_fake, oai):
+def test_built_in_tools_refused_where_there_is_no_counterpart(gateway, anthropic_fake, ollama_fake, oai):
     with pytest.raises(openai.BadRequestError) as e:
-        oai.responses.create(model=CLAUDE, input="news?", tools=[{"type": "web_search"}])
-    assert "'web_search'" in e.value.message and e.value.body["param"] == "tools[0]"
-    assert anthropic_fake.requests == []
+        oai.responses.create(model=CLAUDE, input="find it", tools=[{"type": "file_search", "vector_store_ids": ["vs_1"]}])
+    assert "'file_search'" in e.value.message and e.value.body["param"] == "tools[0]"
+    with pytest.raises(openai.BadRequestError) as e:   # Codex CLI's cached web search: Anthropic's is live
+        oai.responses.create(model=CLAUDE, input="news?", tools=[{"type": "web_search", "external_web_access": False}])
+    assert 'web_search = "disabled"' in e.value.message and 'web_search = "live"' in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.responses.create(model=LLAMA, input="news?", tools=[{"type": "web_search"}])
+    assert "'web_search'" in e.value.message and 'Codex CLI: set web_search = "disabled"' in e.value.message
+    assert anthropic_fake.requests == [] and ollama_fake.requests == []
+
+
+SHANNON = "Claude Shannon was born on April 30, 1916, in Petoskey, Michigan"
+
+
+def test_web_search_on_anthropic(gateway, anthropic_fake, oai):
+    """OpenAI's web search tool runs as Anthropic's; the search comes back as a web_search_call
+    and the cited answer as one message with url_citation annotations, streamed or not."""
+    message = vector_json("anthropic/message_web_search.json")
+    anthropic.types.Message.model_validate(message)   # the recorded shape is the SDK's
+    anthropic_fake.enqueue(json=message)
+    search_tool = {"type": "web_search", "filters": {"allowed_domains": ["wikipedia.org", "britannica.com"]},
+                   "user_location": {"type": "approximate", "country": "US", "city": "Boston"},
+                   "search_context_size": "low"}
+    r = oai.responses.create(model=CLAUDE, input="When was Claude Shannon born?", max_tool_calls=3,
+                             tools=[*WEATHER, search_tool])
+    assert anthropic_fake.last["body"]["tools"] == [
+        {"name": "get_weather", "input_schema": WEATHER[0]["parameters"], "description": WEATHER[0]["description"]},
+        {"type": "web_search_20250305", "name": "web_search", "max_uses": 3,
+         "allowed_domains": ["wikipedia.org", "britannica.com"],
+         "user_location": {"type": "approximate", "city": "Boston", "country": "US"}}]
+    intro, search, answer = r.output
+    assert intro.content[0].text == "I'll search for when Claude Shannon was born."
+    assert (search.type, search.status, search.action.query) == ("web_search_call", "completed",
+                                                                 "claude shannon birth date")
+    assert [s.url for s in search.action.sources] == ["https://en.wikipedia.org/wiki/Claude_Shannon",
+                                                      "https://www.britannica.com/biography/Claude-Shannon"]
+    [text] = answer.content
+    assert text.text == SHANNON + ", and died on February 24, 2001."
+    assert [a.model_dump() for a in text.annotations] == [
+        {"type": "url_citation", "start_index": 0, "end_index": len(SHANNON),
+         "url": "https://en.wikipedia.org/wiki/Claude_Shannon", "title": "Claude Shannon - Wikipedia"}]
+    # streamed: the same items, announced and finished one after another
+    anthropic_fake.enqueue(sse=vector("anthropic/stream_web_search.sse"))
+    events = raw_stream(gateway, model=CLAUDE, input="When was Claude Shannon born?", tools=[search_tool])
+    check_sequence(events)
+    assert [e["type"] for e in events if "web_search_call" in e["type"]] == [
+        "response.web_search_call.in_progress", "response.web_search_call.searching",
+        "response.web_search_call.completed"]
+
+    def same(items):
+        return [{k: v for k, v in item.items() if k != "id"} for item in items]
+    assert same(events[-1]["response"]["output"]) == same(r.model_dump(exclude_none=True)["output"])
+    # the next turn, as Codex sends it (the whole history, nothing stored): the search is not
+    # sent back (Anthropic's results are not in it), the answer is
+    anthropic_fake.enqueue(json=anth_message([{"type": "text", "text": "You're welcome."}]))
+    oai.responses.create(model=CLAUDE, store=False, tools=[search_tool], input=[
+        {"role": "user", "content": "When was Claude Shannon born?"},
+        *[item.model_dump(exclude_none=True) for item in r.output], {"role": "user", "content": "Thanks!"}])
+    assert anthropic_fake.last["body"]["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "When was Claude Shannon born?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": intro.content[0].text},
+                                          {"type": "text", "text": text.text}]},
+        {"role": "user", "content": [{"type": "text", "text": "Thanks!"}]}]
 
 
 def test_structured_output_parse_to_anthropic(gateway, anthropic_fake, oai):
@@ -387,7 +447,7 @@ def test_bad_requests_in_responses_shape(gateway, oai):
         oai.responses.create(model=CLAUDE, input=[{"type": "message", "role": "robot", "content": "x"}])
     assert e.value.body["param"].startswith("input") and "robot" in e.value.message
     with pytest.raises(openai.BadRequestError) as e:
-        oai.responses.create(model=CLAUDE, input=[{"type": "web_search_call", "id": "ws_1", "status": "completed"}])
+        oai.responses.create(model=LLAMA, input=[{"type": "web_search_call", "id": "ws_1", "status": "completed"}])
     assert "'web_search_call'" in e.value.message
     with pytest.raises(openai.NotFoundError):
         oai.responses.create(model="no-such-model", input="x")

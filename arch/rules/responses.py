@@ -58,8 +58,32 @@ def _flat_tool(tool, name, provider, where):
                 "parameters": {"type": "object", "properties": {CUSTOM_INPUT: {"type": "string"}},
                                "required": [CUSTOM_INPUT], "additionalProperties": False},
                 "strict": None}
+    hint = " Codex CLI: set web_search = \"disabled\" in config.toml." if kind in WEB_SEARCH else ""
     raise GatewayError(400, f"tool type '{kind}' is a built-in OpenAI tool; {provider} models do not have it "
-                            "(use an OpenAI model, or a function tool)", where)
+                            f"(use an OpenAI model, or a function tool).{hint}", where)
+
+
+WEB_SEARCH = ("web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11")
+
+
+def anthropic_web_search(tool, max_uses):
+    """OpenAI's built-in web search as Anthropic's web search server tool; `max_uses` from
+    the request's max_tool_calls (the only built-in tool that reaches Anthropic)."""
+    if tool.get("external_web_access") is False:
+        raise GatewayError(400, "web_search with external_web_access: false (cached results only) has no Anthropic "
+                                "counterpart: Anthropic's web search is live. Allow live access (Codex CLI: "
+                                "web_search = \"live\") or turn it off (web_search = \"disabled\").", "tools")
+    out = {"type": "web_search_20250305", "name": "web_search"}
+    if max_uses:
+        out["max_uses"] = max_uses
+    domains = (tool.get("filters") or {}).get("allowed_domains")
+    if domains:
+        out["allowed_domains"] = domains
+    where = tool.get("user_location") or {}
+    place = {k: where[k] for k in ("city", "region", "country", "timezone") if where.get(k)}
+    if place:
+        out["user_location"] = {"type": "approximate", **place}
+    return out
 
 
 def _tool_index(tools):
@@ -246,6 +270,8 @@ def anthropic_messages(items):
             if text:
                 result["content"] = text
             add("user", [result])
+        elif kind == "web_search_call":
+            continue  # Anthropic's results are not in it; the answer that followed keeps what was found
         elif kind == "reasoning":
             sealed = item.get("encrypted_content")
             if not isinstance(sealed, str):
@@ -264,9 +290,28 @@ def anthropic_messages(items):
 
 # --- response: provider answer -> output items ---------------------------------------------
 
-def _message_item(texts):
-    return {"id": new_id("msg_"), "type": "message", "status": "completed", "role": "assistant",
-            "content": [{"type": "output_text", "text": t, "annotations": [], "logprobs": []} for t in texts]}
+def _message_item(text, annotations=()):
+    content = [{"type": "output_text", "text": text, "annotations": list(annotations), "logprobs": []}] if text else []
+    return {"id": new_id("msg_"), "type": "message", "status": "completed", "role": "assistant", "content": content}
+
+
+def _url_citations(citations, start, end):
+    """Anthropic's web search citations of the text from `start` to `end` as url_citation annotations."""
+    return [{"type": "url_citation", "start_index": start, "end_index": end, "url": c.get("url"),
+             "title": c.get("title") or ""} for c in citations or () if c.get("type") == "web_search_result_location"]
+
+
+def _search_item(arguments, found, item_id=None):
+    """A web_search_call item of an Anthropic search (its query) and its results (`found`:
+    the result list, an error object, or None when none came)."""
+    query = _parse_arguments(arguments).get("query")
+    action = {"type": "search", "query": query or "", "sources": []}
+    status = "incomplete" if found is None else "completed"
+    if isinstance(found, list):
+        action["sources"] = [{"type": "url", "url": r.get("url")} for r in found if r.get("type") == "web_search_result"]
+    elif found is not None:
+        status = "failed"
+    return {"id": item_id or new_id("ws_"), "type": "web_search_call", "status": status, "action": action}
 
 
 def _reasoning_item(text, sealed=None):
@@ -287,7 +332,7 @@ def output_from_chat(message, tools):
     text = message.get("content")
     text = text if isinstance(text, str) else _text(text)
     if text or message.get("refusal"):
-        item = _message_item([text] if text else [])
+        item = _message_item(text)
         if message.get("refusal"):
             item["content"].append({"type": "refusal", "refusal": message["refusal"]})
         out.append(item)
@@ -298,21 +343,32 @@ def output_from_chat(message, tools):
 
 
 def output_from_anthropic(content, tools):
-    """Anthropic content blocks as Responses output items (thinking keeps its signature)."""
-    out, texts = [], []
+    """Anthropic content blocks as Responses output items (thinking keeps its signature):
+    consecutive text blocks one message, their web search citations its annotations; a
+    web search and its results one web_search_call."""
+    out, texts, notes, searches = [], [], [], {}
 
     def flush():
         if texts:
-            out.append(_message_item(list(texts)))
+            out.append(_message_item("".join(texts), notes))
             texts.clear()
+            notes.clear()
 
     for block in content or ():
         kind = block.get("type")
         if kind == "text":
+            start = sum(map(len, texts))
             texts.append(block.get("text") or "")
+            notes.extend(_url_citations(block.get("citations"), start, start + len(texts[-1])))
             continue
         flush()
-        if kind == "thinking":
+        if kind == "server_tool_use" and block.get("name") == "web_search":
+            searches[block.get("id")] = len(out)
+            out.append(_search_item(block.get("input"), None))
+        elif kind == "web_search_tool_result" and block.get("tool_use_id") in searches:
+            n = searches[block["tool_use_id"]]
+            out[n] = _search_item({"query": out[n]["action"]["query"]}, block.get("content"), out[n]["id"])
+        elif kind == "thinking":
             out.append(_reasoning_item(block.get("thinking"), block.get("signature")))
         elif kind == "redacted_thinking":
             out.append(_reasoning_item("", REDACTED + (block.get("data") or "")))
@@ -392,7 +448,14 @@ def anthropic_stream_parts(event):
         if btype == "redacted_thinking":
             return [{"k": "reasoning", "text": ""}, {"k": "signature", "sig": REDACTED + (block.get("data") or "")}]
         if btype == "text":
-            return [{"k": "text", "text": block.get("text") or ""}]
+            return [{"k": "text", "text": block.get("text") or "", "block": True}]
+        if btype == "server_tool_use" and block.get("name") == "web_search":
+            parts = [{"k": "search", "key": key}]
+            if block.get("input"):
+                parts.append({"k": "args", "key": key, "text": to_json(block["input"])})
+            return parts
+        if btype == "web_search_tool_result":
+            return [{"k": "found", "content": block.get("content")}]
         if btype == "tool_use":
             parts = [{"k": "call", "key": key, "id": block.get("id"), "name": block.get("name")}]
             if block.get("input"):  # some compatible servers give the whole input here, no deltas
@@ -406,6 +469,8 @@ def anthropic_stream_parts(event):
             return [{"k": "text", "text": delta.get("text") or ""}]
         if dtype == "thinking_delta":
             return [{"k": "reasoning", "text": delta.get("thinking") or ""}]
+        if dtype == "citations_delta":
+            return [{"k": "cite", "citation": delta.get("citation") or {}}]
         if dtype == "signature_delta":
             return [{"k": "signature", "sig": delta.get("signature")}]
         if dtype == "input_json_delta" and delta.get("partial_json"):
@@ -432,9 +497,19 @@ def open_item(part, tools):
         item = {"id": new_id("rs_"), "type": "reasoning", "summary": []}
     elif kind == "text":
         item = {"id": new_id("msg_"), "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+    elif kind == "search":
+        item = {"id": new_id("ws_"), "type": "web_search_call", "status": "in_progress", "action": {"type": "search"}}
     else:
         item = call_item(part.get("id"), part.get("name"), "", tools, status="in_progress")
-    return {"kind": kind, "key": part.get("key"), "item": item, "text": "", "args": "", "sig": None}
+    return {"kind": kind, "key": part.get("key"), "item": item, "text": "", "args": "", "sig": None,
+            "from": 0, "cites": [], "notes": [], "found": None}
+
+
+def cited(opened):
+    """The open message with the citations of its text block that just ended (the text from
+    where that block began to here)."""
+    notes = _url_citations(opened["cites"], opened["from"], len(opened["text"]))
+    return {**opened, "notes": [*opened["notes"], *notes], "cites": []}
 
 
 def close_item(opened, tools):
@@ -443,7 +518,9 @@ def close_item(opened, tools):
     if kind == "reasoning":
         return {**_reasoning_item(opened["text"], opened["sig"]), "id": item["id"]}
     if kind == "text":
-        return {**_message_item([opened["text"]]), "id": item["id"]}
+        return {**_message_item(opened["text"], opened["notes"]), "id": item["id"]}
+    if kind == "search":
+        return _search_item(opened["args"], opened["found"], item["id"])
     done = call_item(item["call_id"], provider_tool_name(item["name"], item.get("namespace")), opened["args"], tools)
     return {**done, "id": item["id"]}
 
@@ -690,6 +767,14 @@ class ResponsesFunctions:
     @_f.signature({"types": ["array"]}, {"types": []})
     def _func_append(self, items, item):
         return [*items, item]
+
+    @_f.signature({"types": ["object"]})
+    def _func_cited(self, opened):
+        return cited(opened)
+
+    @_f.signature({"types": ["object"]}, {"types": ["number", "null"]})
+    def _func_anthropic_web_search(self, tool, max_uses):
+        return anthropic_web_search(tool, max_uses)
 
     @_f.signature({"types": ["array"]})
     def _func_items_from_chat(self, messages):
