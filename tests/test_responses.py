@@ -18,7 +18,8 @@ from openai.types.responses import Response, ResponseStreamEvent
 from conftest import (GATEWAY_ENV, SHARED_REDIS, anthropic_client, gateway_config, openai_client, redis_keys,
                       start_gateway)
 from fakes import Turn, named_sse, parse_sse, responses_events, token_count, vector, vector_json
-from translate_util import CLAUDE, GPT, LLAMA, anth_message, anth_sse, anthropic_events, oai_completion, raw_post
+from translate_util import (CLAUDE, GPT, LLAMA, anth_message, anth_sse, anthropic_events, oai_chunk, oai_completion,
+                            oai_sse, raw_post)
 
 VECTORS = "openai_responses"
 WEATHER = [{"type": "function", "name": "get_weather", "description": "Weather for a city.",
@@ -386,6 +387,21 @@ def test_chat_stream_parallel_calls(gateway, ollama_fake):
     assert ollama_fake.last["body"]["stream_options"] == {"include_usage": True}
 
 
+def test_chat_refusal_is_a_refusal_part_streamed_or_not(gateway, ollama_fake, oai):
+    ollama_fake.enqueue(json=oai_completion({"refusal": "I can't help with that."}))
+    r = oai.responses.create(model=LLAMA, input="Something bad")
+    ollama_fake.enqueue(sse=oai_sse([oai_chunk({"role": "assistant", "content": "", "refusal": None}),
+                                     oai_chunk({"refusal": "I can't "}), oai_chunk({"refusal": "help with that."}),
+                                     oai_chunk({}, "stop")]))
+    events = raw_stream(gateway, model=LLAMA, input="Something bad")
+    check_sequence(events)
+    assert [e["delta"] for e in events if e["type"] == "response.refusal.delta"] == ["I can't ", "help with that."]
+    assert [e["refusal"] for e in events if e["type"] == "response.refusal.done"] == ["I can't help with that."]
+    [message] = events[-1]["response"]["output"]
+    assert message["content"] == [{"type": "refusal", "refusal": "I can't help with that."}]
+    assert [p.model_dump() for p in r.output[0].content] == message["content"]
+
+
 def test_chat_stream_with_sdk(gateway, ollama_fake, oai):
     with oai.responses.stream(model=LLAMA, input="Hi") as stream:
         text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
@@ -410,8 +426,18 @@ def test_chain_survives_model_switches(gateway, anthropic_fake, ollama_fake, ope
                      ("assistant", f"Hello from {LLAMA}!"), ("user", "three")]
     assert r3.output_text == f"Hello from {GPT}!"
     items = oai.responses.input_items.list(r2.id)
-    assert [i.content[0].text for i in items.data] == ["two"]
+    assert [i.content[0].text for i in items.data] == ["two"]   # its own input, not the conversation's
     assert oai.responses.retrieve(r1.id).output_text == f"Hello from {CLAUDE}!"
+
+
+def test_input_items_pages(gateway, oai):
+    r = oai.responses.create(model=LLAMA, input=[{"role": "user", "content": str(n)} for n in range(5)])
+    newest = oai.responses.input_items.list(r.id, limit=2)
+    assert [i.content[0].text for i in newest.data] == ["4", "3"] and newest.has_more
+    assert [i.content[0].text for i in oai.responses.input_items.list(r.id)] == ["4", "3", "2", "1", "0"]  # all pages
+    ids = [i.id for i in oai.responses.input_items.list(r.id, order="asc").data]
+    page = oai.responses.input_items.list(r.id, order="asc", after=ids[0], limit=2)
+    assert [i.id for i in page.data] == ids[1:3] and page.has_more
 
 
 def test_get_delete_and_unknown_ids(gateway, oai):

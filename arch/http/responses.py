@@ -108,8 +108,9 @@ class Stored(Base):
 
 
 class InputItems(Base):
-    """GET /v1/responses/{id}/input_items: the input of the request that made it
-    (`order` asc or desc, default desc; `limit` 1-100, default 20; `after` an item id)."""
+    """GET /v1/responses/{id}/input_items: the input of the request that made it, not the
+    conversation before it (each earlier response lists its own); `order` asc or desc,
+    default desc; `limit` 1-100, default 20; `after` an item id."""
 
     dialect = DIALECT
 

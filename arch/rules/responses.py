@@ -418,9 +418,9 @@ def chat_stream_parts(event):
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
             parts.append({"k": "reasoning", "text": reasoning})
-        for field in ("content", "refusal"):
+        for field, k in (("content", "text"), ("refusal", "refusal")):
             if isinstance(delta.get(field), str) and delta[field]:
-                parts.append({"k": "text", "text": delta[field]})
+                parts.append({"k": k, "text": delta[field]})
         for call in delta.get("tool_calls") or ():
             fn = call.get("function") or {}
             key = call.get("index", 0)
@@ -495,7 +495,7 @@ def open_item(part, tools):
     kind = part["k"]
     if kind == "reasoning":
         item = {"id": new_id("rs_"), "type": "reasoning", "summary": []}
-    elif kind == "text":
+    elif kind in ("text", "refusal"):
         item = {"id": new_id("msg_"), "type": "message", "status": "in_progress", "role": "assistant", "content": []}
     elif kind == "search":
         item = {"id": new_id("ws_"), "type": "web_search_call", "status": "in_progress", "action": {"type": "search"}}
@@ -519,6 +519,8 @@ def close_item(opened, tools):
         return {**_reasoning_item(opened["text"], opened["sig"]), "id": item["id"]}
     if kind == "text":
         return {**_message_item(opened["text"], opened["notes"]), "id": item["id"]}
+    if kind == "refusal":
+        return {**_message_item(""), "id": item["id"], "content": [{"type": "refusal", "refusal": opened["text"]}]}
     if kind == "search":
         return _search_item(opened["args"], opened["found"], item["id"])
     done = call_item(item["call_id"], provider_tool_name(item["name"], item.get("namespace")), opened["args"], tools)
