@@ -26,6 +26,7 @@ from translate_util import anthropic_events, raw_post
 DEFAULT_MODEL = "claude-opus-5-5"   # what this Claude Code version asks for when given no --model
 CLIENT_KEY = "sk-ant-client-dummy"
 VECTOR = "anthropic/claude_code_request.json"
+RESPONSES_ONLY = "gpt-5-codex"      # served only by OpenAI's Responses API (rules/models.yaml)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,8 @@ def gw(openai_fake, anthropic_fake, ollama_fake):
     config = gateway_config(openai_fake.url, anthropic_fake.url, ollama_fake.url)
     config["llm_providers"].append({"model": f"anthropic/{DEFAULT_MODEL}", "access_key": "$ANTHROPIC_API_KEY",
                                     "base_url": anthropic_fake.url})
+    config["llm_providers"].append({"model": f"openai/{RESPONSES_ONLY}", "access_key": "$OPENAI_API_KEY",
+                                    "base_url": openai_fake.url})
     gw = start_gateway(config, env=GATEWAY_ENV)
     yield gw
     gw.stop()
@@ -53,8 +56,10 @@ def claude(npm_bin, gw, tmp_path, prompt, *args):
     return done.stdout.strip()
 
 
-# Same dialect: the default model, served by fake Anthropic. Crossed: an alias to gpt-4o, served by fake OpenAI.
-ROUTES = {"same-dialect": ((), DEFAULT_MODEL), "to-openai": (("--model", "smart-model"), "gpt-4o")}
+# Same dialect: the default model, served by fake Anthropic. Crossed: an alias to gpt-4o, served by
+# fake OpenAI's chat completions, and a model fake OpenAI serves only by its Responses API.
+ROUTES = {"same-dialect": ((), DEFAULT_MODEL), "to-openai": (("--model", "smart-model"), "gpt-4o"),
+          "to-responses": (("--model", RESPONSES_ONLY), RESPONSES_ONLY)}
 
 
 @pytest.fixture(params=ROUTES, ids=list(ROUTES))
@@ -78,6 +83,11 @@ def test_default_run_answered(npm_bin, gw, tmp_path, route):
         assert [t["name"] for t in body["tools"]] == [t["name"] for t in golden["tools"]]
         assert headers["x-api-key"] == GATEWAY_ENV["ANTHROPIC_API_KEY"]
         assert "claude-code-20250219" in headers["anthropic-beta"]
+    elif model == RESPONSES_ONLY:
+        # Translated: the system prompt as instructions, the system message in its place.
+        assert [i["role"] for i in body["input"]] == ["user", "developer"] and body["instructions"]
+        assert "Available agent types" in json.dumps(body["input"][1]["content"])
+        assert [t["name"] for t in body["tools"]] == [t["name"] for t in golden["tools"]]
     else:
         # Translated: the system prompt first, then the system message in its place.
         assert [m["role"] for m in body["messages"]] == ["system", "user", "system"]
@@ -95,7 +105,7 @@ def test_two_turn_tool_loop(npm_bin, gw, tmp_path, route):
     fake.script(tool_loop("Read", {"file_path": str(note)},
                           answer=lambda result: "READ " + ("ok" if "arch-7f3c" in result else "missing")))
     assert claude(npm_bin, gw, tmp_path, "What is in note.txt?", *args) == "READ ok"
-    calls = [r for r in fake.requests if r["path"].endswith(("/messages", "/chat/completions"))]
+    calls = [r for r in fake.requests if r["path"].endswith(("/messages", "/chat/completions", "/responses"))]
     assert len(calls) == 2
 
 
@@ -148,3 +158,31 @@ def test_golden_vector_translated_to_openai(gw, openai_fake):
     assert messages[4]["tool_call_id"] == use["id"] and "arch-7f3c" in json.dumps(messages[4]["content"])
     assert [t["function"]["name"] for t in sent["tools"]] == [t["name"] for t in golden["tools"]]
     assert [t["function"]["parameters"] for t in sent["tools"]] == [t["input_schema"] for t in golden["tools"]]
+
+
+def test_golden_vector_translated_to_a_responses_only_model(gw, openai_fake):
+    """The same conversation to a model served only by the Responses API: the system prompt
+    as instructions, the system message in place, the tool call and its result paired by id,
+    the effort kept, nothing Anthropic-only in the body; the answer as an Anthropic stream."""
+    golden = vector_json(VECTOR)
+    status, _, data = raw_post(gw, "/v1/messages?beta=true", {**golden, "model": RESPONSES_ONLY},
+                               CLAUDE_CODE_HEADERS)
+    assert status == 200, data
+    assert streamed_text(data) == f"Hello from {RESPONSES_ONLY}!"
+    assert openai_fake.last["path"] == "/v1/responses"
+    sent = openai_fake.last["body"]
+    assert not {"system", "thinking", "context_management", "output_config", "metadata", "max_tokens", "user",
+                "messages"} & set(sent)
+    assert sent["store"] is False and sent["stream"] is True
+    assert all(block["text"] in sent["instructions"] for block in golden["system"])
+    assert [(i["type"], i.get("role")) for i in sent["input"]] == [
+        ("message", "user"), ("message", "developer"), ("function_call", None), ("function_call_output", None)]
+    use = golden["messages"][2]["content"][0]
+    call, result = sent["input"][2:]
+    assert (call["call_id"], call["name"], json.loads(call["arguments"])) == (use["id"], "Read", use["input"])
+    assert result["call_id"] == use["id"] and "arch-7f3c" in json.dumps(result["output"])
+    # adaptive thinking, effort medium, its text not shown (display: omitted): sealed reasoning only
+    assert sent["reasoning"] == {"effort": "medium"} and sent["include"] == ["reasoning.encrypted_content"]
+    assert len(sent["safety_identifier"]) == 64   # Claude Code's user_id, hashed: OpenAI takes 64 characters
+    assert [t["name"] for t in sent["tools"]] == [t["name"] for t in golden["tools"]]
+    assert [t["parameters"] for t in sent["tools"]] == [t["input_schema"] for t in golden["tools"]]

@@ -323,6 +323,11 @@ class RuleFunctions(functions.Functions):
     def _func_new_id(self, prefix):
         return new_id(prefix)
 
+    @functions.signature({"types": ["string"]})
+    def _func_sha256(self, text):
+        """A stable stand-in for an identifier that must not (or cannot) go out as it is."""
+        return hashlib.sha256(text.encode()).hexdigest()
+
     @functions.signature({"types": []}, {"types": []})
     def _func_add(self, a, b):
         return number(a) + number(b)
