@@ -21,8 +21,6 @@ is known at load, from their syntax trees: `reads`), once per request:
     model_facts    what rules/models.yaml says of the requested model ({context_window,
                    max_output_tokens, vision: true, tools: true, ...}; null when it says nothing)
 """
-import jmespath
-
 from arch.rules.functions import IMAGE_TOKENS, IMAGE_TYPES
 
 
@@ -100,7 +98,7 @@ COMPUTED = {  # name -> function of (the root, the raw body bytes)
     "has_tools": lambda root, raw: bool(root["body"].get("tools") or root["body"].get("functions")),
     "has_thinking": lambda root, raw: _has_thinking(root["body"]),
     "last_user_message": lambda root, raw: last_user_message(root["body"]),
-    "model_facts": None,  # needs the routes and the model table: the router's (`Router.model_facts`)
+    "model_facts": None,  # needs the routes and the model table: the router's (`Router._model_facts`)
 }
 _MISSING = object()
 
@@ -128,11 +126,10 @@ class _Headers(dict):
         return self.source.get(key, default)
 
 
-def reads(expression):
-    """The computed facts a `when` names (any field of that name: a superset, found at load)."""
-    if not isinstance(expression, str):
-        return set()
-    names, stack = set(), [jmespath.compile(expression).parsed]
+def reads(tree):
+    """The computed facts a `when` names, from its JMESPath syntax tree (any field of that
+    name: a superset, found at load)."""
+    names, stack = set(), [tree]
     while stack:
         node = stack.pop()
         if node.get("type") == "field" and node.get("value") in COMPUTED:

@@ -17,7 +17,6 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 from jmespath.visitor import _is_comparable
 
-from arch.errors import ConfigError
 from arch.route.facts import COMPUTED, computed, reads
 from arch.rules.dialects import rule_interpreter
 from arch.rules.jmes import _equals, _steps, compile_node
@@ -56,7 +55,7 @@ def compile_rules(specs, where):
         else:  # a YAML constant
             tree = {"type": "literal", "value": when, "children": []}
         rules.append(Rule(spec.get("name") or here.rpartition(": ")[2], tree, spec["target"], here,
-                          frozenset(reads(when))))
+                          frozenset(reads(tree))))
     return rules, problems
 
 
