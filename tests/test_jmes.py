@@ -14,6 +14,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tornado.httputil import HTTPHeaders
 
 from arch.route.facts import facts
 from arch.route.rules import compile_list, compile_rules
@@ -127,7 +128,7 @@ def test_routing_rules_hold_when_jmespath_finds_them_true(body, tier, model, tok
                                     "test")
     assert not problems
     body = {**body, "model": model, "stream": thinking}
-    headers = {"x-tier": tier} if tier else {}
+    headers = HTTPHeaders({"X-Tier": tier} if tier else {})  # as a handler has them
     for rule in rules:
         first = compile_list([rule], lambda root, raw: model_facts)
         root = facts(body, headers, "openai")

@@ -189,7 +189,7 @@ class Pool:
         if not healthy:
             ranked = sorted(range(len(self.states)), key=lambda i: self.states[i].ejected_until)
             return [self.targets[i] for i in ranked], f"{self.states[ranked[0]].label} (all ejected, least bad)"
-        key = self._affinity_key(body, headers)
+        key = self._affinity_key(body, headers) if self.settings.affinity is not None else None
         if key is not None:
             first, how = self._rendezvous(healthy, key), "affinity"
         else:
@@ -202,8 +202,6 @@ class Pool:
 
     def _affinity_key(self, body, headers):
         affinity = self.settings.affinity
-        if affinity is None:
-            return None
         if affinity != "prefix":
             value = headers.get(affinity)
             return value.encode()[:256] if value else None

@@ -126,6 +126,14 @@ class _Headers(dict):
         return self.source.get(key, default)
 
 
+def header(headers, name):
+    """A request header's value (several joined by commas, as `headers.get` gives them) or
+    None: through `get_list`, since Tornado's `get` raises and catches a KeyError inside
+    for a header that is absent, the usual case for a rule's header."""
+    values = headers.get_list(name)
+    return ",".join(values) if values else None
+
+
 def reads(tree):
     """The computed facts a `when` names, from its JMESPath syntax tree (any field of that
     name: a superset, found at load)."""

@@ -17,7 +17,7 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 from jmespath.visitor import _is_comparable
 
-from arch.route.facts import COMPUTED, computed, reads
+from arch.route.facts import COMPUTED, computed, header, reads
 from arch.rules.dialects import rule_interpreter
 from arch.rules.jmes import _equals, _steps, compile_node
 
@@ -71,7 +71,7 @@ class _Source:
 
     def __init__(self, model_facts):
         self.names = {"_equals": _equals, "_is_comparable": _is_comparable, "_computed": computed,
-                      "_failed": (JMESPathError, TypeError)}
+                      "_header": header, "_failed": (JMESPathError, TypeError)}
         self.compute = {**COMPUTED, "model_facts": model_facts}
         self.headers = {}  # header name -> the local it is read into
         self.needed = {}   # local -> how it is read, for the rule being compiled
@@ -140,7 +140,7 @@ class _Source:
         if first == "headers" and rest:  # a header by its name, read once per request
             header = rest.pop(0)
             local = self.headers.setdefault(header, f"h_{len(self.headers)}")
-            source = self.use(local, f"root['headers'].source.get({header!r})")
+            source = self.use(local, f"_header(root['headers'].source, {header!r})")
         else:
             source = self.root_field(first)
             if source is None:
