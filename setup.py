@@ -30,6 +30,7 @@ setup(
         "prometheus_client>=0.17",       # /metrics, correct under --workers
         "python-dotenv>=1.0",            # .env files as every other tool reads them (README: Dependencies)
         "uvloop>=0.19; sys_platform != 'win32'",
+        "orjson>=3.9",                   # stream events read and written ~6-15x faster (README: Dependencies)
     ],
     extras_require={"test": ["pytest>=8", "openai>=1.40", "anthropic>=0.40", "hypothesis>=6",
                              # agent frameworks the suite drives through the gateway

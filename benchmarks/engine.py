@@ -10,13 +10,16 @@ microseconds per provider event, the best of --repeat runs. CPU time, so a busy 
 the socket benchmark (run.py); compare runs of the same machine only.
 """
 import argparse
+import sys
 import time
+from pathlib import Path
 
-from sse_server import anthropic_events, openai_events
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's arch, not an installed one
+from sse_server import anthropic_events, openai_events  # noqa: E402
 
-from arch.config import DEFAULT_POLICY
-from arch.rules.load import load_rules
-from arch.rules.stream import Passthrough, Translate
+from arch.config import DEFAULT_POLICY  # noqa: E402
+from arch.rules.load import load_rules  # noqa: E402
+from arch.rules.stream import Passthrough, Translate  # noqa: E402
 
 EVENTS = {"openai": openai_events, "anthropic": anthropic_events}
 

@@ -2,10 +2,17 @@
 
 POST /v1/chat/completions streams OpenAI `chat.completion.chunk` events ending
 in `data: [DONE]`; POST /v1/messages streams Anthropic message events ending in
-`message_stop`. The first token is sent at once, then one every --delay-ms.
+`message_stop`; POST /v1/responses streams OpenAI Responses events ending in
+`response.completed`. The first token is sent at once, then one every --delay-ms.
 Tokens read `tok0 tok1 ...` so a client can find and count them in any dialect.
 POST /_control?tokens=N&delay_ms=D changes both at run time (the benchmark
 uses 0 ms for wrk throughput runs and a real delay for concurrency runs).
+
+It is a bare asyncio Protocol (uvloop when installed) with every stream
+rendered once per model and token count, so that, like nginx for the
+non-streaming rows, the stand-in costs little of the CPU the proxies under
+test share with it; each event is still its own write (and, with TCP_NODELAY,
+its own segment), as a provider sends them.
 
     python benchmarks/sse_server.py --port 9002 [--tokens 20] [--delay-ms 50]
 """
@@ -14,10 +21,13 @@ import argparse
 import asyncio
 import json
 import resource
-
-import tornado.web
+import socket
+from functools import lru_cache
+from urllib.parse import parse_qsl, urlsplit
 
 SETTINGS = {"tokens": 20, "delay_ms": 50.0}
+HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n")
 
 
 def sse(data, event=None):
@@ -51,49 +61,105 @@ def anthropic_events(model, n):
     yield sse({"type": "message_stop"}, "message_stop")
 
 
-class Stream(tornado.web.RequestHandler):
-    async def post(self):
-        body = json.loads(self.request.body or b"{}")
-        n, delay = SETTINGS["tokens"], SETTINGS["delay_ms"] / 1000
-        anthropic = self.request.path == "/v1/messages"
-        events = (anthropic_events if anthropic else openai_events)(body.get("model", "bench"), n)
-        self.set_header("Content-Type", "text/event-stream")
-        self.set_header("Cache-Control", "no-cache")
-        # Everything before the first token goes in one write with it.
-        head = ""
-        for ev in events:
-            head += ev
-            if "tok0" in ev:
-                break
-        self.write(head)
-        await self.flush()
-        for ev in events:
-            if delay and '"tok' in ev:
-                await asyncio.sleep(delay)
-            self.write(ev)
-            await self.flush()
-        self.finish()
+def responses_events(model, n):
+    text = "".join(f"tok{i} " for i in range(n))
+    part = {"type": "output_text", "text": text, "annotations": []}
+    item = {"id": "msg_bench", "type": "message", "status": "completed", "role": "assistant", "content": [part]}
+    done = {"id": "resp_bench", "object": "response", "created_at": 1727346142, "status": "completed",
+            "model": model, "output": [item], "usage": {
+                "input_tokens": 14, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": n,
+                "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 14 + n}}
+    start = {**done, "status": "in_progress", "output": [], "usage": None}
+    where = {"item_id": "msg_bench", "output_index": 0}
+    events = [("response.created", {"response": start}), ("response.in_progress", {"response": start}),
+              ("response.output_item.added", {"output_index": 0,
+                                              "item": {**item, "status": "in_progress", "content": []}}),
+              ("response.content_part.added", {**where, "content_index": 0, "part": {**part, "text": ""}})]
+    events += [("response.output_text.delta", {**where, "content_index": 0, "delta": f"tok{i} ", "logprobs": []})
+               for i in range(n)]
+    events += [("response.output_text.done", {**where, "content_index": 0, "text": text, "logprobs": []}),
+               ("response.content_part.done", {**where, "content_index": 0, "part": part}),
+               ("response.output_item.done", {"output_index": 0, "item": item}),
+               ("response.completed", {"response": done})]
+    for seq, (kind, data) in enumerate(events):
+        yield sse({"type": kind, **data, "sequence_number": seq}, kind)
 
 
-class Control(tornado.web.RequestHandler):
-    def post(self):
-        for key in SETTINGS:
-            if self.get_argument(key, None) is not None:
-                SETTINGS[key] = type(SETTINGS[key])(self.get_argument(key))
-        self.write(SETTINGS)
+EVENTS = {"/v1/chat/completions": openai_events, "/v1/messages": anthropic_events, "/v1/responses": responses_events}
 
 
-class Health(tornado.web.RequestHandler):
-    def get(self):
-        self.write("ok")
+@lru_cache(maxsize=64)
+def rendered(path, model, n):
+    """HTTP chunks: everything up to the first token in one write (with the response head),
+    then one per event; the token events are chunks 1 to n-1, the ones sent after a delay."""
+    events = list(EVENTS[path](model, n))
+    first = next((i for i, ev in enumerate(events) if "tok0" in ev), 0)
+    pieces = ["".join(events[:first + 1]), *events[first + 1:]]
+    chunks = [b"%x\r\n%s\r\n" % (len(data), data) for data in (piece.encode() for piece in pieces)]
+    chunks[0] = HEAD + chunks[0]
+    chunks[-1] += b"0\r\n\r\n"
+    return chunks
+
+
+def plain(status, body, content_type="text/plain"):
+    return (b"HTTP/1.1 %d OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, content_type.encode(), len(body), body))
+
+
+class Server(asyncio.Protocol):
+    """One connection: keep-alive HTTP/1.1 requests, one at a time."""
+
+    def connection_made(self, transport):
+        self.transport, self.buf, self.busy = transport, b"", False
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data):
+        self.buf += data
+        while not self.busy:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end].decode("latin-1").split("\r\n")
+            length = next((int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:")), 0)
+            if len(self.buf) < end + 4 + length:
+                return
+            body, self.buf = self.buf[end + 4:end + 4 + length], self.buf[end + 4 + length:]
+            method, target = head[0].split(" ")[:2]
+            self.handle(method, urlsplit(target), body)
+
+    def handle(self, method, url, body):
+        if url.path == "/healthz":
+            self.transport.write(plain(200, b"ok"))
+        elif url.path == "/_control":
+            for key, value in parse_qsl(url.query):
+                if key in SETTINGS:
+                    SETTINGS[key] = type(SETTINGS[key])(value)
+            self.transport.write(plain(200, json.dumps(SETTINGS).encode(), "application/json"))
+        elif method == "POST" and url.path in EVENTS:
+            model = json.loads(body or b"{}").get("model", "bench")
+            self.busy = True
+            n = SETTINGS["tokens"]
+            self.send(rendered(url.path, model, n), SETTINGS["delay_ms"] / 1000, n)
+        else:
+            self.transport.write(plain(404, b"not found"))
+
+    def send(self, chunks, delay, tokens, at=0):
+        while at < len(chunks) and not self.transport.is_closing():
+            self.transport.write(chunks[at])
+            at += 1
+            if delay and at < tokens:  # the next chunk is a token
+                asyncio.get_running_loop().call_later(delay, self.send, chunks, delay, tokens, at)
+                return
+        self.busy = False
+        if self.buf:
+            self.data_received(b"")
 
 
 async def main(args):
     SETTINGS.update(tokens=args.tokens, delay_ms=args.delay_ms)
-    app = tornado.web.Application([
-        (r"/healthz", Health), (r"/_control", Control), (r"/v1/(?:chat/completions|messages)", Stream)])
-    app.listen(args.port, "127.0.0.1", backlog=4096)
-    await asyncio.Event().wait()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Server, "127.0.0.1", args.port, backlog=4096)
+    await server.serve_forever()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ provider. Dialect details live in the rules; sockets live in `upstream`.
 Every failure leaves as an error in the client's own dialect.
 """
 import asyncio
-import json
 import logging
 import re
 import time
@@ -19,11 +18,12 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from arch.observe import report
 
-from arch import schemas
+from arch import jsonio, schemas
 from arch.admit import browser
 from arch.admit.forward import anthropic_betas
 from arch.errors import GatewayError
 from arch.http import body as request_body
+from arch.http.chunks import ChunkWriter
 from arch.rules.functions import estimate_tokens
 from arch.rules.stream import Passthrough, StreamBroken, Translate, find_usage
 from arch.observe.tracing import tracer
@@ -39,8 +39,6 @@ RETRY_STATUSES = {408, 429, 500, 502, 503, 504, 529}
 # After the rules ended a stream, how long the rest of the provider's response (its last
 # chunk) may take before its connection is closed rather than kept for reuse.
 UPSTREAM_TAIL = 2.0
-# A lone surrogate ("\ud83d" in the JSON text, half an emoji) has no UTF-8 form: write it back as that escape.
-_ESCAPE = "backslashreplace"
 MAX_LOGGED_MODEL = 200  # characters of a requested model name kept in the log and metrics
 # host:port in a provider failure (the provider's, a proxy's): for the gateway's log, not for clients.
 _ADDRESS = re.compile(r" \[?[\w.:-]+\]?:\d+\b")
@@ -88,7 +86,7 @@ class Base(RequestHandler):
     def send_json(self, status, body):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode(errors=_ESCAPE))
+        self.finish(body if isinstance(body, bytes) else jsonio.dumps(body))
 
     def send_error_json(self, error):
         for k, v in error.headers.items():
@@ -356,7 +354,7 @@ class Chat(Base):
                     out[new] = out.pop(old)
         if facts is not None and facts.max_output_tokens:
             self._clamp_output(rules.dialects[target.dialect], out, facts, target.model)
-        return json.dumps(out, ensure_ascii=False).encode(errors=_ESCAPE), translation, ask_usage
+        return jsonio.dumps(out), translation, ask_usage
 
     def _clamp_output(self, provider, out, facts, model):
         """Lower an output-token request above the model's maximum to it: a client
@@ -571,7 +569,7 @@ def _check_whole_json(raw, content_type, call, target):
 def _json_object(raw, content_type, target):
     """A provider's 2xx body as a JSON object, or a 502 saying what it was instead."""
     try:
-        answer = json.loads(raw)
+        answer = jsonio.loads(raw)
     except ValueError:
         answer = None
     if isinstance(answer, dict):
@@ -597,6 +595,7 @@ class _Exchange:
         self.headers = {}
         self.content_type = ""
         self.committed = False
+        self.writer = None   # the ChunkWriter, once the stream's head is out
         self.head_at = None  # when the provider's answer began (time.monotonic)
 
     def on_head(self, status, headers):
@@ -637,10 +636,14 @@ class _Exchange:
         h = self.handler
         if data and not h.client_gone and not h._finished:
             data = h.runtime.redact(data)
-            if h.record["ttft"] is None:
-                h.record["ttft"] = time.perf_counter() - h.record["start"]
+            if self.writer is not None:
+                h.record["bytes_out"] += len(data)
+                self.writer.write(data)
+                return
+            h.record["ttft"] = time.perf_counter() - h.record["start"]
             h.write(data)
-            h.flush()
+            h.flush()  # the response head and the first chunk; then chunks go straight to the socket
+            self.writer = ChunkWriter(h.request.connection, h.call.pause, h.call.resume)
 
     def end(self):
         """The provider finished: write what is left (True), or report that it stopped early."""

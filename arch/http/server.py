@@ -115,11 +115,11 @@ class Gateway:
         # each dialect's endpoint comes from its rules file (a new path takes a restart)
         chat = [(d.path, CREATE.get(d.name, handlers.Chat), {**args, "dialect": d.name})
                 for d in self.runtime.rules.dialects.values()]
-        return Application([
+        return Application([  # matched in order: the endpoints every request of a stream of them takes first
+            *chat,
             (r"/v1/responses/compact", responses.Compact, args),
             (r"/v1/responses/([^/]+)", responses.Stored, args),
             (r"/v1/responses/([^/]+)/input_items", responses.InputItems, args),
-            *chat,
             (r"/v1/messages/count_tokens", handlers.CountTokens, args),
             (r"/v1/models", handlers.Models, args),
             (r"/healthz", handlers.Health, args),
@@ -181,8 +181,8 @@ def serve(gateway, address, bound, workers=1):
     # A body over the limit gets its 413 from the handler (which stops keeping it at the limit);
     # Tornado's own cap is only a backstop for a chunked body still arriving after the answer.
     server = Server(gateway.application(), max_body_size=4 * config.max_body_bytes,
-                    idle_connection_timeout=config.header_timeout, body_timeout=config.body_timeout,
                     max_header_size=config.max_header_bytes)
+    server.time_reads(config.header_timeout, config.body_timeout)
     server.max_connections = config.max_connections or default_max_connections(fd_limit)
     server.refusal = lambda status, message, head: _refusal(gateway, status, message, head)
     server.add_sockets(sockets)

@@ -17,7 +17,7 @@ from jmespath import Options
 from jmespath.exceptions import JMESPathError
 from jmespath.visitor import TreeInterpreter
 
-from arch import schemas
+from arch import jsonio, schemas
 from arch.errors import ConfigError, GatewayError
 from arch.rules.functions import RuleFunctions
 from arch.rules.jmes import compile_path
@@ -124,8 +124,7 @@ class Dialect:
     def frame(self, event):
         if isinstance(event, str):
             return b"data: " + event.encode() + b"\n\n"
-        # a lone surrogate (half an emoji) has no UTF-8 form: write it back as its JSON escape
-        data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode(errors="backslashreplace")
+        data = jsonio.dumps(event)
         if self.named_events:
             return b"event: " + event.get("type", "message").encode() + b"\ndata: " + data + b"\n\n"
         return b"data: " + data + b"\n\n"

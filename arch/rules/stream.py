@@ -11,6 +11,7 @@ silent clean end would make truncation look like success.
 import json
 import re
 
+from arch import jsonio
 from arch.rules.mapping import run_steps, truthy
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
@@ -46,6 +47,16 @@ class SSEParser:
 
     def feed(self, chunk):
         """Complete events in `chunk` (plus what was held back) as (event, data) pairs."""
+        if not self._parts and not self._cr and b"\r" not in chunk:  # the usual case: LF only, nothing held
+            blocks = chunk.split(b"\n\n")
+            rest = blocks.pop()
+            events = self._lf_events(blocks)
+            if rest:
+                self._parts.append(rest)
+                self._held = len(rest)
+                if self._held > self.max_event:
+                    raise _too_big(self.max_event)
+            return events
         if self._cr:
             chunk, self._cr = b"\r" + chunk, False
         if b"\r" in chunk:
@@ -68,6 +79,22 @@ class SSEParser:
             self._held += len(chunk) - start
             if self._held > self.max_event:
                 raise _too_big(self.max_event)
+        return events
+
+    def _lf_events(self, blocks):
+        """Events of whole LF-framed blocks: `data: X` read directly, anything else the general way."""
+        events = []
+        for block in blocks:
+            if len(block) > self.max_event:
+                raise _too_big(self.max_event)
+            if block.startswith(b"data: ") and b"\n" not in block:
+                events.append((None, block[6:]))
+                continue
+            event = _parse_block(block)
+            if event:
+                events.append(event)
+            elif block:
+                self.skipped += 1
         return events
 
     def _block(self, block, events):
@@ -101,6 +128,17 @@ def _parse_block(block):
     if not data:
         return None
     return name, b"\n".join(data)
+
+
+def _json_object(data):
+    """The event's JSON object; StreamBroken when it is not one."""
+    try:
+        event = jsonio.loads(data)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict):
+        raise StreamBroken("the provider sent a malformed stream event")
+    return event
 
 
 class StreamBroken(Exception):
@@ -188,7 +226,7 @@ class Translate(_Numbered):
             event = data.decode()
         else:
             try:
-                event = json.loads(data)
+                event = jsonio.loads(data)
             except ValueError:
                 raise StreamBroken("the provider sent a malformed stream event") from None
         if self.program.split is None:
@@ -248,6 +286,14 @@ class Passthrough(_Numbered):
         return b""
 
     def feed(self, chunk):
+        if not self.pending and b"\r" not in chunk:  # the usual case: LF-framed events, nothing held
+            cut = chunk.rfind(b"\n\n") + 2
+            if cut == len(chunk) > 1:
+                return self._pass(chunk)
+            if cut > 1:
+                rest = chunk[cut:]
+                self.pending, self.held, self.tail = [rest], len(rest), rest[-3:]
+                return self._pass(chunk[:cut])
         # Cut after the last blank line. Only the new bytes are searched, plus the 3 held before
         # them (a blank line the network split); what is held has no complete separator.
         seen = self.tail + chunk
@@ -270,22 +316,21 @@ class Passthrough(_Numbered):
         return self._pass(rest + b"\n\n") if rest.strip() else b""  # a last event without its blank line
 
     def _pass(self, whole):
+        """`whole`: complete events. Each is checked and looked at; they go on as they came,
+        unless a block is held back (a usage event the client did not ask for, a comment)."""
         skipped = self.parser.skipped
-        kept, dropped = [], False
-        ends = self.dialect.ends
-        for name, data in self.parser.feed(whole):
-            if data not in self.dialect.stream_literals:
-                try:
-                    event = json.loads(data)
-                except ValueError:
-                    event = None
-                if not isinstance(event, dict):
-                    raise StreamBroken("the provider sent a malformed stream event")
-                if self.dialect.sequence or self.dialect.result is not None:
+        events = self.parser.feed(whole)
+        held_back = self.parser.skipped - skipped
+        kept, dialect, ends = [], self.dialect, self.dialect.ends
+        for name, data in events:
+            if data not in dialect.stream_literals:
+                event = _json_object(data)
+                if dialect.sequence or dialect.result is not None:
                     self._seen(event)
                 if b'"usage"' in data:
-                    if self.strip and truthy(self.dialect.usage_event(event)):
-                        self.usage, dropped = event.get("usage"), True
+                    if self.strip and truthy(dialect.usage_event(event)):
+                        self.usage = event.get("usage")
+                        held_back += 1
                         continue
                     usage = find_usage(data)  # Anthropic's is split over message_start and message_delta
                     if usage:
@@ -293,8 +338,8 @@ class Passthrough(_Numbered):
             if not self.ended and ends(name, data):
                 self.ended = True
             kept.append((name, data))
-        if dropped or self.parser.skipped != skipped:  # some blocks stay here: frame what is left anew
-            return b"".join(self.dialect.frame_raw(n, d) for n, d in kept)
+        if held_back:  # some blocks stay here: frame what is left anew
+            return b"".join(dialect.frame_raw(n, d) for n, d in kept)
         return whole
 
     def _seen(self, event):

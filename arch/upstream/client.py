@@ -65,6 +65,15 @@ class Call:
         if self.conn is not None:
             self.conn.abort()
 
+    def pause(self):
+        """Stop reading the response for now (the client is behind); the idle timeout still runs."""
+        if self.conn is not None and not self.conn.closed:
+            self.conn.transport.pause_reading()
+
+    def resume(self):
+        if self.conn is not None and not self.conn.closed:
+            self.conn.transport.resume_reading()
+
 
 class _Malformed(Exception):
     """The provider's bytes break HTTP/1.1 or a configured size limit."""
