@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's arch, not an installed one
-from sse_server import anthropic_events, openai_events  # noqa: E402
+from sse_server import anthropic_events, openai_events, responses_events  # noqa: E402
 
 from arch.config import DEFAULT_POLICY  # noqa: E402
 from arch.rules.load import load_rules  # noqa: E402
 from arch.rules.stream import Passthrough, Translate  # noqa: E402
 
-EVENTS = {"openai": openai_events, "anthropic": anthropic_events}
+EVENTS = {"openai": openai_events, "anthropic": anthropic_events, "responses": responses_events}
 
 
 def relay(rules, client, provider):
@@ -43,6 +43,8 @@ def main():
     print("| client ← provider | µs per event | out bytes per stream |\n|---|---|---|")
     for client in EVENTS:
         for provider, events in EVENTS.items():
+            if client != provider and (client, provider) not in rules.translations:
+                continue  # no rules for this pair
             chunks = [e.encode() for e in events("m", args.tokens)]
             make = relay(rules, client, provider)
             out, best = 0, float("inf")

@@ -320,8 +320,15 @@ async def stream_one(client, url, body, headers, timeout):
     except Exception as e:  # noqa: BLE001 - any failure is an incomplete stream
         code, error = 599, e
     end = time.perf_counter()
-    return {"code": code, "error": f"{type(error).__name__}: {error}"[:100] if error else None, "tokens": len(re.findall(rb"tok\d+", b"".join(chunks))),
+    return {"code": code, "error": f"{type(error).__name__}: {error}"[:100] if error else None, "tokens": in_order(chunks),
             "ttft": (state["first"] - t0) if state["first"] else None, "gap": state["gap"], "total": end - t0}
+
+
+def in_order(chunks):
+    """How many tokens arrived, each first seen in order (tok0, tok1, ...); -1 if out of order.
+    Counted once each: a Responses stream repeats the text in its closing events."""
+    seen = list(dict.fromkeys(re.findall(rb"tok(\d+)", b"".join(chunks))))
+    return len(seen) if seen == [b"%d" % i for i in range(len(seen))] else -1
 
 
 def listen_overflows():
@@ -396,6 +403,11 @@ llm_providers:
     access_key: sk-bench
     base_url: http://127.0.0.1:{sse}
   - model: anthropic/claude-stream
+    access_key: sk-bench
+    base_url: http://127.0.0.1:{sse}
+  - model: chatcompat/stream-model    # the SSE server reached as an OpenAI-compatible chat server
+    name: chat-stream
+    provider_interface: openai
     access_key: sk-bench
     base_url: http://127.0.0.1:{sse}
 {deployments}{routed}"""
@@ -783,11 +795,11 @@ def main():
                           "gpt-4o-mini", "stream-model", "direct nginx (OpenAI)")]
                 if label == "gateway":  # Responses: passed through to OpenAI, translated to chat and to Anthropic
                     rows += [("gateway Responses→OpenAI", url, p, RESP, responses_body, OPENAI_HEADERS, "gpt-4o-mini",
-                              None, "direct nginx (OpenAI)"),
+                              "stream-model", "direct nginx (OpenAI)"),
                              ("gateway Responses→chat (cross)", url, p, RESP, responses_body, OPENAI_HEADERS, "chat-mini",
-                              None, "direct nginx (OpenAI)"),
+                              "chat-stream", "direct nginx (OpenAI)"),
                              ("gateway Responses→Anthropic (cross)", url, p, RESP, responses_body, OPENAI_HEADERS,
-                              "claude-3-5-sonnet-20241022", None, "direct nginx (Anthropic)")]
+                              "claude-3-5-sonnet-20241022", "claude-stream", "direct nginx (Anthropic)")]
                     # 20 routing rules evaluated, then 1 of 4 deployments chosen
                     rows.append(("gateway OpenAI→OpenAI, 20 rules + 4 balanced deployments", url, p, OAI,
                                  openai_body, OPENAI_HEADERS, "routed", "stream-model", "direct nginx (OpenAI)"))

@@ -15,11 +15,12 @@ import uuid as _uuid
 
 from jmespath import functions
 
+from arch import jsonio
 from arch.errors import GatewayError
 
 
 def to_json(value):
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return jsonio.dumps(value).decode()
 
 
 def _text_of(content, sep=""):

@@ -11,15 +11,18 @@ import operator
 
 from jmespath.visitor import _is_actual_number, _is_comparable, _is_special_number_case
 
+_CHECKED = {"number", "array-number", "expref"}  # argument types whose functions keep jmespath's checks
 _ORDER = {"lt": operator.lt, "gt": operator.gt, "lte": operator.le, "gte": operator.ge}
 
 
 def is_false(value):
-    # JMESPath falsehood: "", [], {}, null and false; 0 is true.
-    return value is None or value is False or value == "" or value == [] or value == {}
+    # JMESPath falsehood: "", [], {}, null and false; 0 is true (Python's without the numbers).
+    return not value and value.__class__ is not int and value.__class__ is not float
 
 
 def _equals(x, y):
+    if x.__class__ is y.__class__:  # the usual case; only mixed types can be a boolean and a number
+        return x == y
     return False if _is_special_number_case(x, y) else x == y
 
 
@@ -72,137 +75,196 @@ def _plain_literal(node):
 
 
 def compile_node(node, interpreter):
-    """A function of the current value that evaluates `node` (a jmespath AST)."""
-    kind, children = node["type"], node.get("children", ())
-    sub = [compile_node(c, interpreter) for c in children] if kind not in ("slice", "expref") else ()
+    """A function of the current value that evaluates `node` (a jmespath AST).
 
-    steps = _steps(node) if kind in ("field", "subexpression", "index_expression") else None
-    if steps is not None:
-        return compile_path(steps)  # a.b[0].c: one function, not one per step
-    if kind in ("subexpression", "index_expression", "pipe"):
-        if len(sub) == 2:
-            first, second = sub
-            return lambda v: second(first(v))
+    The tree becomes the source of one Python expression, compiled once: no
+    call per node, temporaries held in the expression itself (`:=`). What it
+    cannot express (expref, and node kinds newer than these) is evaluated by
+    jmespath's own interpreter from inside it."""
+    gen = _Source(interpreter)
+    try:
+        code = gen.expr(node, "v")
+        return eval(f"lambda v: {code}", gen.names)  # noqa: S307 - source built from the AST above
+    except (SyntaxError, RecursionError, MemoryError):  # nested past what Python compiles: interpret it
+        return lambda v: interpreter.visit(node, v)
 
-        def chain(v):
-            for step in sub:
-                v = step(v)
-            return v
-        return chain
-    if kind in ("current", "identity"):
-        return lambda v: v
-    if kind == "literal":
-        value = node["value"]
-        return lambda v: value
-    if kind == "key_val_pair":
-        return sub[0]
-    if kind == "index":
-        i = node["value"]
 
-        def index(v):
-            if not isinstance(v, list):
-                return None
-            try:
-                return v[i]
-            except IndexError:
-                return None
-        return index
-    if kind == "slice":
-        s = slice(*children)
-        return lambda v: v[s] if isinstance(v, list) else None
-    if kind == "comparator":
-        left, right = sub
-        op = node["value"]
-        if op in ("eq", "ne") and _plain_literal(children[1]):  # e.type == 'text': no number rules apply
-            value, negate = children[1]["value"], op == "ne"
-            return lambda v: (left(v) == value) is not negate
-        const = children[1]["value"] if children[1]["type"] == "literal" else None
-        if type(const) in (int, float) and op in ("eq", "ne"):  # a number never equals a boolean
+def _truthy(name):
+    """JMESPath truth of the value in `name`: Python's, except that 0 is true."""
+    return f"({name} or {name}.__class__ is int or {name}.__class__ is float)"
 
-            def same(v):
-                a = left(v)
-                return a == const and type(a) is not bool
-            return same if op == "eq" else lambda v: not same(v)
-        if type(const) in (int, float) and op in _ORDER:  # `x > `100``: the common case first
-            order = _ORDER[op]
 
-            def against(v):
-                a = left(v)
-                return order(a, const) if type(a) in (int, float) or _is_comparable(a) else None
-            return against
-        if op == "eq":
-            return lambda v: _equals(left(v), right(v))
-        if op == "ne":
-            return lambda v: not _equals(left(v), right(v))
-        order = _ORDER[op]
+class _Source:
+    """Python source for jmespath AST nodes. `cur` is always a plain name (the
+    current value); a value used twice is bound to a new name first."""
 
-        def compare(v):
-            a, b = left(v), right(v)
-            return order(a, b) if _is_comparable(a) and _is_comparable(b) else None
-        return compare
-    if kind == "or_expression":
-        a, b = sub
+    def __init__(self, interpreter):
+        self.interpreter = interpreter
+        self.names = {"_get": _get, "_index": _index, "_slice": _slice, "_flatten": _flatten, "_equals": _equals,
+                      "_order": _order, "_is_comparable": _is_comparable, "_nothing": _NOTHING}
+        self.count = 0
 
-        def either(v):
-            m = a(v)
-            return b(v) if is_false(m) else m
-        return either
-    if kind == "and_expression":
-        a, b = sub
+    def const(self, value):
+        if value is None or value.__class__ in (bool, int, str) or (value.__class__ is float and value == value
+                                                                   and abs(value) != float("inf")):
+            return repr(value)
+        return self.name(value)
 
-        def both(v):
-            m = a(v)
-            return m if is_false(m) else b(v)
-        return both
-    if kind == "not_expression":
-        (a,) = sub
+    def name(self, value):
+        self.count += 1
+        name = f"_k{self.count}"
+        self.names[name] = value
+        return name
 
-        def negate(v):
-            r = a(v)
-            return False if _is_actual_number(r) and r == 0 else not r
-        return negate
-    if kind == "function_expression":
-        name, call = node["value"], interpreter._functions.call_function
-        return lambda v: call(name, [arg(v) for arg in sub])
-    if kind == "multi_select_dict":
-        pairs = [(c["value"], f) for c, f in zip(children, sub)]
-        return lambda v: None if v is None else {k: f(v) for k, f in pairs}
-    if kind == "multi_select_list":
-        return lambda v: None if v is None else [f(v) for f in sub]
-    if kind == "flatten":
-        (base,) = sub
+    def temp(self):
+        self.count += 1
+        return f"_t{self.count}"
 
-        def flatten(v):
-            b = base(v)
-            if not isinstance(b, list):
-                return None
-            out = []
-            for e in b:
-                if isinstance(e, list):
-                    out.extend(e)
+    def bind(self, code):
+        """(name, code that binds it): `code`'s value kept in a name for the code around it."""
+        t = self.temp()
+        return t, f"({t} := {code})"
+
+    def on(self, node, code):
+        """`node` evaluated with `code`'s value as the current value."""
+        t, bound = self.bind(code)
+        return f"({self.expr(node, t)} if {bound} is not _nothing else None)"
+
+    def expr(self, node, cur):
+        kind, children = node["type"], node.get("children", ())
+        steps = _steps(node) if kind in ("field", "subexpression", "index_expression") else None
+        if steps is not None:  # a.b[0].c: one lookup per step, inline
+            code = cur
+            for step in steps:
+                if step.__class__ is str:
+                    t, bound = (code, code) if code == cur else self.bind(code)
+                    code = f"({t}.get({step!r}) if {bound}.__class__ is dict else _get({t}, {step!r}))"
                 else:
-                    out.append(e)
-            return out
-        return flatten
-    if kind in ("projection", "value_projection", "filter_projection"):
-        base, each = sub[0], sub[1]
-        keep = sub[2] if kind == "filter_projection" else None
-        values = kind == "value_projection"
+                    code = f"_index({code}, {step!r})"
+            return code
+        if kind in ("subexpression", "index_expression", "pipe"):
+            code = self.expr(children[0], cur)
+            for child in children[1:]:
+                code = self.on(child, code)
+            return code
+        if kind in ("current", "identity"):
+            return cur
+        if kind == "literal":
+            return self.const(node["value"])
+        if kind == "key_val_pair":
+            return self.expr(children[0], cur)
+        if kind == "index":
+            return f"_index({cur}, {node['value']!r})"
+        if kind == "slice":
+            return f"_slice({cur}, {self.name(slice(*children))})"
+        if kind == "comparator":
+            return self.comparator(node, cur)
+        if kind in ("or_expression", "and_expression"):
+            t, bound = self.bind(self.expr(children[0], cur))
+            other = self.expr(children[1], cur)
+            false = f"(not {bound} and {t}.__class__ is not int and {t}.__class__ is not float)"
+            return f"({other} if {false} else {t})" if kind == "or_expression" else f"({t} if {false} else {other})"
+        if kind == "not_expression":
+            t, bound = self.bind(self.expr(children[0], cur))
+            return f"(not {_truthy(t)} if {bound} is not _nothing else None)"
+        if kind == "function_expression":
+            args = ", ".join(self.expr(c, cur) for c in children)
+            return f"{self.name(self.function(node['value']))}({args})"
+        if kind == "multi_select_dict":
+            pairs = ", ".join(f"{c['value']!r}: {self.expr(c, cur)}" for c in children)
+            return f"(None if {cur} is None else {{{pairs}}})"
+        if kind == "multi_select_list":
+            return f"(None if {cur} is None else [{', '.join(self.expr(c, cur) for c in children)}])"
+        if kind == "flatten":
+            return f"_flatten({self.expr(children[0], cur)})"
+        if kind in ("projection", "value_projection", "filter_projection"):
+            t, bound = self.bind(self.expr(children[0], cur))
+            e, r = self.temp(), self.temp()
+            keep = ""
+            if kind == "filter_projection":
+                k, kept = self.bind(self.expr(children[2], e))
+                keep = f"({kept} or {k}.__class__ is int or {k}.__class__ is float) and "
+            each = f"({r} := {self.expr(children[1], e)}) is not None"
+            if kind == "value_projection":
+                return f"([{r} for {e} in {t}.values() if {keep}{each}] if isinstance({bound}, dict) else None)"
+            return f"([{r} for {e} in {t} if {keep}{each}] if isinstance({bound}, list) else None)"
+        return f"{self.name(lambda v: self.interpreter.visit(node, v))}({cur})"  # expref and anything newer
 
-        def project(v):
-            b = base(v)
-            if values:
-                if not isinstance(b, dict):
-                    return None
-                b = b.values()
-            elif not isinstance(b, list):
-                return None
-            out = []
-            for e in b:
-                if keep is None or not is_false(keep(e)):
-                    r = each(e)
-                    if r is not None:
-                        out.append(r)
-            return out
-        return project
-    return lambda v: interpreter.visit(node, v)  # expref and anything newer: the interpreter's way
+    def comparator(self, node, cur):
+        op, (left, right) = node["value"], node["children"]
+        a = self.expr(left, cur)
+        if op in ("eq", "ne") and _plain_literal(right):  # e.type == 'text': no number rules apply
+            return f"({a} {'==' if op == 'eq' else '!='} {self.const(right['value'])})"
+        const = right["value"] if right["type"] == "literal" else None
+        if type(const) in (int, float) and op in ("eq", "ne"):  # a number never equals a boolean
+            t, bound = self.bind(a)
+            same = f"({bound} == {const!r} and {t}.__class__ is not bool)"
+            return same if op == "eq" else f"(not {same})"
+        if type(const) in (int, float) and op in _ORDER:  # `x > `100``: the common case first
+            t, bound = self.bind(a)
+            symbol = {"lt": "<", "gt": ">", "lte": "<=", "gte": ">="}[op]
+            return (f"(({t} {symbol} {const!r}) if {bound}.__class__ is int or {t}.__class__ is float "
+                    f"or _is_comparable({t}) else None)")
+        b = self.expr(right, cur)
+        if op == "eq":
+            return f"_equals({a}, {b})"
+        if op == "ne":
+            return f"(not _equals({a}, {b}))"
+        return f"_order({self.name(_ORDER[op])}, {a}, {b})"
+
+    def function(self, name):
+        functions = self.interpreter._functions
+        call, spec = functions.call_function, functions.FUNCTION_TABLE.get(name)
+        if spec is None or _CHECKED & {t for arg in spec["signature"] for t in arg["types"]}:
+            return lambda *args: call(name, list(args))
+        fn = spec["function"]
+
+        def direct(*args):
+            # The arguments are checked only when the call fails: a wrong type or count then
+            # gets jmespath's own error. (Number-typed functions are always checked: Python
+            # would take true for 1 where JMESPath refuses it.)
+            try:
+                return fn(functions, *args)
+            except Exception:
+                return call(name, list(args))
+        return direct
+
+
+_NOTHING = object()  # never a value: `x is not _nothing` binds x and is always true
+
+
+def _get(value, key):
+    """A name looked up in anything but a dict (which the code tests first): a mapping with .get, or null."""
+    try:
+        return value.get(key)
+    except AttributeError:
+        return None
+
+
+def _index(value, i):
+    if not isinstance(value, list):
+        return None
+    try:
+        return value[i]
+    except IndexError:
+        return None
+
+
+def _slice(value, s):
+    return value[s] if isinstance(value, list) else None
+
+
+def _flatten(value):
+    if not isinstance(value, list):
+        return None
+    out = []
+    for e in value:
+        if isinstance(e, list):
+            out.extend(e)
+        else:
+            out.append(e)
+    return out
+
+
+def _order(op, a, b):
+    return op(a, b) if _is_comparable(a) and _is_comparable(b) else None
