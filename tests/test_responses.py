@@ -740,6 +740,57 @@ def test_anthropic_stream_from_responses_only_model(codex_gateway, openai_fake):
     assert second.stop_reason == "tool_use" and second.usage.output_tokens == 4
 
 
+def test_anthropic_web_search_on_responses_only_model(codex_gateway, openai_fake):
+    """Anthropic's web search tool runs as OpenAI's; the search comes back as the blocks
+    Anthropic's makes, the cited span as a text block with its citation."""
+    found = vector_json(f"{VECTORS}/response_web_search.json")
+    Response.model_validate(found)   # the recorded shape is the SDK's
+    [note] = found["output"][1]["content"][0]["annotations"]
+    text = found["output"][1]["content"][0]["text"]
+    ask = {"model": CODEX, "max_tokens": 1000, "messages": [{"role": "user", "content": "When does Artemis II launch?"}],
+           "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5,
+                      "allowed_domains": ["nasa.gov"]}]}
+    openai_fake.enqueue(json=found)
+    with anthropic_client(codex_gateway) as client:
+        out = client.messages.create(**ask)
+    sent = openai_fake.last["body"]
+    assert sent["tools"] == [{"type": "web_search", "filters": {"allowed_domains": ["nasa.gov"]}}]
+    assert sent["max_tool_calls"] == 5 and sent["include"] == ["web_search_call.action.sources"]
+    search, results, *texts = out.content
+    assert (search.type, search.name, search.input) == ("server_tool_use", "web_search", {"query": "Artemis II launch date"})
+    assert results.type == "web_search_tool_result" and results.tool_use_id == search.id
+    assert [r.url for r in results.content] == [s["url"] for s in found["output"][0]["action"]["sources"]]
+    assert "".join(t.text for t in texts) == text
+    cited = texts[1]
+    assert cited.text == text[note["start_index"]:note["end_index"]] and not texts[0].citations
+    assert [(c.url, c.title, c.cited_text) for c in cited.citations] == [(note["url"], note["title"], cited.text)]
+    assert out.usage.server_tool_use.web_search_requests == 1 and out.stop_reason == "end_turn"
+    # streamed: the same search blocks; the citation joins the text block it arrives in
+    events = responses_events(found)
+    last_delta = max(n for n, e in enumerate(events) if e["type"] == "response.output_text.delta")
+    events.insert(last_delta + 1, {"type": "response.output_text.annotation.added", "item_id": found["output"][1]["id"],
+                                   "output_index": 1, "content_index": 0, "annotation_index": 0, "annotation": note})
+    openai_fake.enqueue(sse=b"".join(named_sse([{**e, "sequence_number": n} for n, e in enumerate(events)])))
+    with anthropic_client(codex_gateway) as client:
+        with client.messages.stream(**ask) as stream:
+            streamed = stream.get_final_message()
+    assert [b.model_dump() for b in streamed.content[:2]] == [b.model_dump() for b in out.content[:2]]
+    [answer] = streamed.content[2:]
+    assert answer.text == text
+    assert [(c.url, c.cited_text) for c in answer.citations] == [(note["url"], cited.text)]
+    assert streamed.usage.server_tool_use.web_search_requests == 1
+    # the next turn: the search is not sent back (OpenAI takes none), the answer is
+    openai_fake.enqueue(json=REASONING)
+    with anthropic_client(codex_gateway) as client:
+        client.messages.create(**{**ask, "messages": [*ask["messages"],
+                                                      {"role": "assistant", "content": [b.model_dump() for b in out.content]},
+                                                      {"role": "user", "content": "Thanks!"}]})
+    assert openai_fake.last["body"]["input"] == [
+        {"type": "message", "role": "user", "content": "When does Artemis II launch?"},
+        {"type": "message", "role": "assistant", "content": text},
+        {"type": "message", "role": "user", "content": "Thanks!"}]
+
+
 def test_anthropic_stream_failure_and_refusals(codex_gateway, openai_fake):
     started = {**REASONING, "status": "in_progress", "output": [], "usage": None}
     failed = {**started, "status": "failed", "error": {"code": "rate_limit_exceeded", "message": "slow down"}}

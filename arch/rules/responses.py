@@ -663,6 +663,8 @@ def items_from_anthropic(messages):
                 flush()
                 items.append({"type": "function_call", "call_id": block.get("id"),
                               "name": openai_tool_name(block.get("name")), "arguments": to_json(block.get("input") or {})})
+            elif role == "assistant" and kind in ("server_tool_use", "web_search_tool_result"):
+                flush()  # a past web search: OpenAI takes none back; the answer after it stands
             elif role == "assistant" and kind in ("thinking", "redacted_thinking"):
                 flush()
                 reasoning = _reasoning_from_thinking(block)
@@ -702,13 +704,59 @@ def anthropic_from_output(output, tools, thinking):
             blocks.append({"type": "thinking", "signature": reasoning_signature(item), "thinking": SUMMARY_SEP.join(
                 p.get("text") or "" for p in item.get("summary") or ())})
         elif kind == "message":
-            blocks += [{"type": "text", "text": p.get("text") if p.get("type") == "output_text" else p.get("refusal")}
-                       for p in item.get("content") or () if p.get("text") or p.get("refusal")]
+            for part in item.get("content") or ():
+                if part.get("type") == "output_text":
+                    blocks += _cited_blocks(part.get("text") or "", part.get("annotations"))
+                elif part.get("refusal"):
+                    blocks.append({"type": "text", "text": part["refusal"]})
         elif kind == "function_call":
             blocks.append({"type": "tool_use", "id": item.get("call_id"),
                            "name": original_tool_name(item.get("name"), tools),
                            "input": _parse_arguments(item.get("arguments"))})
+        elif kind == "web_search_call":
+            blocks += search_blocks(item)
     return blocks
+
+
+def search_blocks(item):
+    """A web search OpenAI ran, as the two blocks Anthropic's web search makes: the search
+    (server_tool_use) and its results (each source URL; OpenAI gives no title or sealed content)."""
+    action = item.get("action") or {}
+    if action.get("type") != "search":
+        return []  # opening or searching a page: Anthropic's web search has no such step
+    tool_id = "srvtoolu_" + str(item.get("id"))
+    query = action.get("query") or " ".join(action.get("queries") or ())
+    results = [{"type": "web_search_result", "url": s.get("url"), "title": s.get("url"), "encrypted_content": "",
+                "page_age": None} for s in action.get("sources") or ()]
+    return [{"type": "server_tool_use", "id": tool_id, "name": "web_search", "input": {"query": query}},
+            {"type": "web_search_tool_result", "tool_use_id": tool_id, "content": results}]
+
+
+def anthropic_citation(note, text):
+    """A url_citation of `text` as Anthropic's web search citation."""
+    return {"type": "web_search_result_location", "url": note.get("url"), "title": note.get("title"),
+            "encrypted_index": "", "cited_text": text[note.get("start_index") or 0:note.get("end_index") or 0]}
+
+
+def _cited_blocks(text, annotations):
+    """Text with url_citation annotations as Anthropic text blocks: each cited span its own
+    block with its citations, as Anthropic's web search answers."""
+    notes = sorted((a for a in annotations or () if a.get("type") == "url_citation"),
+                   key=lambda a: (a.get("start_index") or 0, a.get("end_index") or 0))
+    blocks, at = [], 0
+    for note in notes:
+        start, end = note.get("start_index") or 0, note.get("end_index") or 0
+        if start < at:  # the same span (or one overlapping it): cited by the block already made
+            if blocks and "citations" in blocks[-1]:
+                blocks[-1]["citations"].append(anthropic_citation(note, text))
+            continue
+        if start > at:
+            blocks.append({"type": "text", "text": text[at:start]})
+        blocks.append({"type": "text", "text": text[start:end], "citations": [anthropic_citation(note, text)]})
+        at = end
+    if at < len(text) or not blocks:
+        blocks.append({"type": "text", "text": text[at:]})
+    return [b for b in blocks if b["text"]]
 
 
 class ResponsesFunctions:
@@ -797,3 +845,11 @@ class ResponsesFunctions:
     @_f.signature({"types": ["object"]})
     def _func_reasoning_signature(self, item):
         return reasoning_signature(item)
+
+    @_f.signature({"types": ["object"]})
+    def _func_search_blocks(self, item):
+        return search_blocks(item)
+
+    @_f.signature({"types": ["object"]}, {"types": ["string"]})
+    def _func_anthropic_citation(self, note, text):
+        return anthropic_citation(note, text)
