@@ -267,6 +267,9 @@ def test_web_search_on_anthropic(gateway, anthropic_fake, oai):
     assert [e["type"] for e in events if "web_search_call" in e["type"]] == [
         "response.web_search_call.in_progress", "response.web_search_call.searching",
         "response.web_search_call.completed"]
+    added = [e for e in events if e["type"] == "response.output_text.annotation.added"]
+    assert [(e["annotation_index"], e["annotation"]) for e in added] == [(0, text.annotations[0].model_dump())]
+    assert added[0]["item_id"] == events[-1]["response"]["output"][2]["id"]
 
     def same(items):
         return [{k: v for k, v in item.items() if k != "id"} for item in items]

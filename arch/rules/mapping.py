@@ -90,7 +90,9 @@ def run_steps(steps, root, out):
             state[key] = fn(root)
         for fn in step.emits:
             event = fn(root)
-            if event is not None:
+            if type(event) is list:  # an expression that makes several events (or none)
+                out.extend(event)
+            elif event is not None:
                 out.append(event)
         if step.end:
             return True

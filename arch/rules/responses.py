@@ -512,6 +512,14 @@ def cited(opened):
     return {**opened, "notes": [*opened["notes"], *notes], "cites": []}
 
 
+def annotation_events(opened, output_index, before):
+    """response.output_text.annotation.added for each annotation of the open message after
+    the first `before` (those its last text block added)."""
+    return [{"type": "response.output_text.annotation.added", "item_id": opened["item"]["id"],
+             "output_index": output_index, "content_index": 0, "annotation_index": n, "annotation": note}
+            for n, note in enumerate(opened["notes"]) if n >= before]
+
+
 def close_item(opened, tools):
     """The finished item of an open one."""
     item, kind = opened["item"], opened["kind"]
@@ -821,6 +829,10 @@ class ResponsesFunctions:
     @_f.signature({"types": ["object"]})
     def _func_cited(self, opened):
         return cited(opened)
+
+    @_f.signature({"types": ["object"]}, {"types": ["number"]}, {"types": ["number"]})
+    def _func_annotation_events(self, opened, output_index, before):
+        return annotation_events(opened, output_index, before)
 
     @_f.signature({"types": ["object"]}, {"types": ["number", "null"]})
     def _func_anthropic_web_search(self, tool, max_uses):
