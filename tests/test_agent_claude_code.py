@@ -13,6 +13,7 @@ the end replay it without the CLI.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -158,6 +159,7 @@ def test_golden_vector_translated_to_openai(gw, openai_fake):
     assert messages[4]["tool_call_id"] == use["id"] and "arch-7f3c" in json.dumps(messages[4]["content"])
     assert [t["function"]["name"] for t in sent["tools"]] == [t["name"] for t in golden["tools"]]
     assert [t["function"]["parameters"] for t in sent["tools"]] == [t["input_schema"] for t in golden["tools"]]
+    assert sent["user"] == hashlib.sha256(golden["metadata"]["user_id"].encode()).hexdigest()   # OpenAI takes 64 characters
 
 
 def test_golden_vector_translated_to_a_responses_only_model(gw, openai_fake):
@@ -183,6 +185,6 @@ def test_golden_vector_translated_to_a_responses_only_model(gw, openai_fake):
     assert result["call_id"] == use["id"] and "arch-7f3c" in json.dumps(result["output"])
     # adaptive thinking, effort medium, its text not shown (display: omitted): sealed reasoning only
     assert sent["reasoning"] == {"effort": "medium"} and sent["include"] == ["reasoning.encrypted_content"]
-    assert len(sent["safety_identifier"]) == 64   # Claude Code's user_id, hashed: OpenAI takes 64 characters
+    assert sent["safety_identifier"] == hashlib.sha256(golden["metadata"]["user_id"].encode()).hexdigest()
     assert [t["name"] for t in sent["tools"]] == [t["name"] for t in golden["tools"]]
     assert [t["parameters"] for t in sent["tools"]] == [t["input_schema"] for t in golden["tools"]]
