@@ -63,6 +63,26 @@ def test_pipelined_replies_reach_their_own_callers(redis_prefix):
     run(go())
 
 
+def test_held_commands_leave_with_the_next_command_or_after_the_hold(redis_prefix):
+    async def go():
+        r, other = Redis("redis://127.0.0.1:6379/0", hold=0.3), Redis("redis://127.0.0.1:6379/0")
+        k = f"{redis_prefix}:held"
+        await r.get(k)  # connected
+        first = asyncio.ensure_future(r.execute("SET", k, "1", later=True))
+        await asyncio.sleep(0.1)
+        assert not first.done() and await other.get(k) is None  # not sent yet
+        assert await r.get(k) == b"1"  # went ahead of the next command, in the same write
+        assert await first == b"OK"
+        late = asyncio.ensure_future(r.execute("SET", k, "2", later=True))
+        await asyncio.sleep(0.1)
+        assert await other.get(k) == b"1"
+        await asyncio.wait_for(late, 1)  # no command came: sent after the hold
+        assert await other.get(k) == b"2"
+        r.close()
+        other.close()
+    run(go())
+
+
 def test_unreachable_redis_fails_fast_then_reconnects(own_redis):
     async def go():
         r = Redis(own_redis.url, retry_interval=0.2)
