@@ -1,7 +1,9 @@
 """Gateway keys, limits and budgets on one gateway process (in-memory state),
 driven by the official SDKs and plain HTTP against the fake providers."""
+import calendar
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -15,9 +17,11 @@ from conftest import (GATEWAY_ENV, ROOT, anthropic_client, gateway_config, opena
 from reliability_util import post, request
 
 KEYS = {"team-a": "ka-secret-0001-team-a", "hashed": "kh-secret-0002", "rpm": "kr-secret-0003",
-        "tpm": "kt-secret-0004", "tpm-stream": "kt-secret-0014", "par": "kp-secret-0005", "budget": "kb-secret-0006"}
+        "tpm": "kt-secret-0004", "tpm-stream": "kt-secret-0014", "par": "kp-secret-0005", "budget": "kb-secret-0006",
+        "hdr": "kl-secret-0008"}
 ADMIN = "adm-secret-0009"
 USER = [{"role": "user", "content": "Hi"}]
+HEADER_LIMITS = {"requests_per_day": 1000, "tokens_per_day": 100000}
 
 
 def admit_config(fakes, **extra):
@@ -31,6 +35,7 @@ def admit_config(fakes, **extra):
         {"name": "tpm-stream", "key": KEYS["tpm-stream"], "limits": {"tokens_per_hour": 400}},
         {"name": "par", "key": KEYS["par"], "limits": {"max_parallel_requests": 2}},
         {"name": "budget", "key": KEYS["budget"], "budget": {"usd": 0.00002, "per": "day"}},
+        {"name": "hdr", "key": KEYS["hdr"], "limits": HEADER_LIMITS},
     ]
     config["admin_key"] = "$ARCH_ADMIN_KEY"
     config["ratelimits"] = [  # the original Arch format, plus `requests`
@@ -155,6 +160,58 @@ def test_tokens_reserved_then_corrected_by_reported_usage(gw, stream):
             oai.chat.completions.create(model="gpt-4o-mini", messages=USER, max_tokens=390)
     assert e.value.response.headers["x-ratelimit-limit-tokens"] == "400"
     assert "400 tokens per hour" in e.value.message
+
+
+def limited_answers(gws, key):
+    """(client dialect, headers) of answers to `key` read through the SDKs' raw response access,
+    taking turns over `gws`: OpenAI chat, chat stream and Responses, Anthropic messages and stream."""
+    calls = [
+        ("openai", False, lambda oai, anth: oai.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=USER, max_tokens=20)),
+        ("openai", True, lambda oai, anth: oai.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=USER, max_tokens=20, stream=True)),
+        ("openai", False, lambda oai, anth: oai.responses.with_raw_response.create(
+            model="gpt-4o-mini", input="Hi", max_output_tokens=20)),
+        ("anthropic", False, lambda oai, anth: anth.messages.with_raw_response.create(
+            model="claude-3-5-sonnet-20241022", max_tokens=20, messages=USER)),
+        ("anthropic", True, lambda oai, anth: anth.messages.with_raw_response.create(
+            model="claude-3-5-sonnet-20241022", max_tokens=20, messages=USER, stream=True)),
+    ]
+    seen = []
+    for i, (dialect, stream, call) in enumerate(calls):
+        g = gws[i % len(gws)]
+        with openai_client(g, key) as oai, anthropic_client(g, key) as anth:
+            raw = call(oai, anth)
+            answer = raw.parse()
+            assert list(answer) if stream else answer.id
+            seen.append((dialect, raw.headers))
+    return seen
+
+
+def check_rate_limit_headers(seen, limits):
+    """Every answer carries its dialect's headers for both kinds; each request leaves one fewer."""
+    names = {"openai": "x-ratelimit-{part}-{kind}", "anthropic": "anthropic-ratelimit-{kind}-{part}"}
+    left = []
+    for dialect, h in seen:
+        got = {(kind, part): h[names[dialect].format(kind=kind, part=part)]
+               for kind in ("requests", "tokens") for part in ("limit", "remaining", "reset")}
+        for kind in ("requests", "tokens"):
+            limit = limits[f"{kind}_per_day"]
+            assert got[kind, "limit"] == str(limit) and 0 <= int(got[kind, "remaining"]) < limit
+            reset = got[kind, "reset"]
+            if dialect == "openai":
+                assert re.fullmatch(r"(\d+h)?(\d+m)?\d+(\.\d+)?s", reset), reset
+            else:
+                assert 0 < calendar.timegm(time.strptime(reset, "%Y-%m-%dT%H:%M:%SZ")) - time.time() <= 86400
+        left.append(int(got["requests", "remaining"]))
+    assert left == list(range(left[0], left[0] - len(seen), -1)), left
+
+
+def test_rate_limit_headers_on_every_answer(gw):
+    check_rate_limit_headers(limited_answers([gw], KEYS["hdr"]), HEADER_LIMITS)
+    with openai_client(gw, KEYS["team-a"]) as oai:  # a key without limits: none
+        raw = oai.chat.completions.with_raw_response.create(model="fast-model", messages=USER)
+    assert not [name for name in raw.headers if "ratelimit" in name]
 
 
 def test_selector_header_limits_each_value(gw, openai_fake):

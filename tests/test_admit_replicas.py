@@ -12,11 +12,12 @@ import pytest
 import yaml
 
 from conftest import GATEWAY_ENV, ROOT, SHARED_REDIS, gateway_config, openai_client, start_gateway
+from test_admit import HEADER_LIMITS, check_rate_limit_headers, limited_answers
 from reliability_util import request
 
 PRICES = yaml.safe_load((ROOT / "rules" / "prices.yaml").read_text())
 USER = [{"role": "user", "content": "Hi"}]
-KEYS = {"rpm": "kr-replica-1", "tpm": "kt-replica-2", "budget": "kb-replica-3"}
+KEYS = {"rpm": "kr-replica-1", "tpm": "kt-replica-2", "budget": "kb-replica-3", "hdr": "kl-replica-4"}
 ADMIN = "adm-replica-9"
 RPM, TOKENS, BUDGET = 20, 2000, 0.0002
 
@@ -27,6 +28,7 @@ def replica_config(fakes, redis_url, prefix, **extra):
         {"name": "rpm", "key": KEYS["rpm"], "limits": {"requests_per_minute": RPM}},
         {"name": "tpm", "key": KEYS["tpm"], "limits": {"tokens_per_hour": TOKENS}},
         {"name": "budget", "key": KEYS["budget"], "budget": {"usd": BUDGET, "per": "month"}},
+        {"name": "hdr", "key": KEYS["hdr"], "limits": HEADER_LIMITS},
     ]
     config["admin_key"] = ADMIN
     config["state"] = {"redis": redis_url, "prefix": prefix}
@@ -92,6 +94,12 @@ def test_tokens_admitted_within_one_request_of_the_limit(replicas):
                 break
     reserve = 100 + 5  # max_tokens plus the prompt's estimate
     assert TOKENS - reserve < used <= TOKENS
+
+
+def test_rate_limit_headers_count_every_replica(replicas):
+    """Each answer's remaining requests, read from the counts the admission script returned,
+    is one fewer than the previous answer's, whichever replica gave it."""
+    check_rate_limit_headers(limited_answers(replicas, KEYS["hdr"]), HEADER_LIMITS)
 
 
 def cost(answer):

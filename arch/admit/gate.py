@@ -5,8 +5,9 @@ served name, limits grouped per name), so a request does dict lookups and one
 call to the state backend. A configuration with no gateway keys, no
 `ratelimits` and no Redis has no Admission at all: requests pay nothing.
 
-`admit` returns a Ticket (what was reserved); `settle` corrects it with what
-the provider reported, after the answer, without the client waiting.
+`admit` returns a Ticket (what was reserved, and the client dialect's
+rate-limit headers for its answer); `settle` corrects it with what the provider
+reported, after the answer, without the client waiting.
 """
 import asyncio
 import logging
@@ -16,7 +17,8 @@ from prometheus_client import Counter
 
 from arch.admit.budget import budget_window
 from arch.admit.keys import Keys
-from arch.admit.limits import estimate, key_limits, ratelimit_rules, refusal_headers, served_names, window
+from arch.admit.limits import (estimate, key_limits, limit_headers, ratelimit_rules, refusal_headers, served_names,
+                               window)
 from arch.errors import GatewayError
 from arch.state.redis import StateError
 
@@ -27,11 +29,12 @@ PARALLEL_TTL = 3600.0  # a parallel slot a crashed replica never gave back frees
 
 
 class Ticket:
-    __slots__ = ("key", "tokens", "reserved", "parallel", "rid", "budget")
+    __slots__ = ("key", "tokens", "reserved", "parallel", "rid", "budget", "headers")
 
-    def __init__(self, key, tokens, reserved, parallel, rid, budget):
+    def __init__(self, key, tokens, reserved, parallel, rid, budget, headers):
         self.key, self.tokens, self.reserved = key, tokens, reserved
         self.parallel, self.rid, self.budget = parallel, rid, budget
+        self.headers = headers  # the rate-limit headers of the answer
 
 
 class Admission:
@@ -53,7 +56,8 @@ class Admission:
             self.keys.require_admin(headers)
 
     async def admit(self, key, name, body, headers, dialect, rid):
-        """Check and reserve; a 403/429/503 GatewayError when the request may not go on."""
+        """Check and reserve; a 403/429/503 GatewayError when the request may not go on.
+        `dialect`: the client's Dialect, whose rate-limit headers the answer carries."""
         if key is not None:
             self.keys.permit(key, name)
         limits = [*self.limits.get(key, ()), *filter(None, (r.applies(headers) for r in self.rules.get(name, ())))]
@@ -98,8 +102,10 @@ class Admission:
             raise error
         token_counters = [c[0] for c, lim in zip(counters, limits) if lim.kind == "tokens"]
         reserved = [c[2] for c, lim in zip(counters, limits) if lim.kind == "tokens"]
+        # what is left after this request, from the counts the check read: no extra round trip
+        rows = [(lim, lim.limit - used - c[2], c[3]) for lim, c, used in zip(limits, counters, value)]
         return Ticket(key, token_counters, reserved, parallel and parallel[0], rid,
-                      budget and (budget[0], budget_reset))
+                      budget and (budget[0], budget_reset), limit_headers(dialect, rows, now) if rows else {})
 
     def _state_failed(self, error, key, rid):
         policy = "fail_open" if self.fail_open else "fail_closed"
@@ -112,7 +118,7 @@ class Admission:
         if not self.fail_open:
             raise GatewayError(503, "the gateway cannot check rate limits right now (its shared state is "
                                     "unreachable); try again shortly", headers={"retry-after": "1"})
-        return Ticket(key, (), (), None, rid, None)  # nothing reserved, usage still recorded if it can be
+        return Ticket(key, (), (), None, rid, None, {})  # nothing reserved, usage still recorded if it can be
 
     def settle(self, ticket, record, usd):
         """Correct the reservation with the reported usage; free the parallel slot; add spend and usage."""

@@ -110,7 +110,8 @@ def window(limit, now):
     return n, (n + 1) * limit.period
 
 
-def _openai_reset(seconds):
+def _duration(seconds):
+    """Time to a window's end as OpenAI writes it: "0.5s", "12s", "6m0s", "1h0m0s"."""
     seconds = max(seconds, 0)
     if seconds < 60:
         return f"{seconds:.3g}s" if seconds < 1 else f"{math.ceil(seconds)}s"
@@ -123,16 +124,23 @@ def _rfc3339(t):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+def limit_headers(dialect, rows, now):
+    """The client dialect's rate-limit headers (names in rules/dialects/*.yaml) for rows of
+    (Limit, remaining, reset time): per kind, the limit with the least left."""
+    tightest = {}
+    for row in rows:
+        if row[0].kind not in tightest or row[1] < tightest[row[0].kind][1]:
+            tightest[row[0].kind] = row
+    headers = {}
+    for kind, (limit, remaining, reset_at) in tightest.items():
+        names = dialect.ratelimit_names.get(kind)
+        if names:
+            headers[names[0]], headers[names[1]] = str(limit.limit), str(max(remaining, 0))
+            headers[names[2]] = _duration(reset_at - now) if dialect.ratelimit_reset == "duration" else _rfc3339(reset_at)
+    return headers
+
+
 def refusal_headers(dialect, limit, used, reset_at, now):
     """`retry-after` and the client dialect's rate-limit headers for a refused request."""
-    remaining = max(limit.limit - used, 0)
-    headers = {"retry-after": str(max(1, math.ceil(reset_at - now)))}
-    if dialect == "anthropic":
-        p = f"anthropic-ratelimit-{limit.kind}"
-        headers.update({f"{p}-limit": str(limit.limit), f"{p}-remaining": str(remaining),
-                        f"{p}-reset": _rfc3339(reset_at)})
-    else:
-        headers.update({f"x-ratelimit-limit-{limit.kind}": str(limit.limit),
-                        f"x-ratelimit-remaining-{limit.kind}": str(remaining),
-                        f"x-ratelimit-reset-{limit.kind}": _openai_reset(reset_at - now)})
-    return headers
+    return {"retry-after": str(max(1, math.ceil(reset_at - now))),
+            **limit_headers(dialect, [(limit, limit.limit - used, reset_at)], now)}

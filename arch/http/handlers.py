@@ -73,6 +73,11 @@ class Base(RequestHandler):
         for name, value in browser.admit(self.runtime.config, self.request.headers).items():
             self.set_header(name, value)
 
+    def authenticate(self):
+        """The caller's gateway key (a 401 without a valid one); None when the gateway has no keys."""
+        admission = self.runtime.admission
+        return admission.authenticate(self.request.headers) if admission is not None else None
+
     def options(self, *args):
         """A CORS preflight from an origin `cors.origins` lists (others got their 403 in prepare)."""
         headers = browser.preflight(self.runtime.config, self.request.headers)
@@ -143,8 +148,7 @@ class Models(Base):
         routes = self.runtime.routes
         entries = list({**{t.name: t for t in routes.targets},
                         **{a: first_target(routes.table[a][0]) for a in routes.aliases}, **routes.patterns}.items())
-        admission = self.runtime.admission
-        key = admission.authenticate(self.request.headers) if admission is not None else None
+        key = self.authenticate()
         if key is not None and key.allowed is not None:  # only what this key may use
             entries = [(name, t) for name, t in entries if name in key.allowed]
         if "anthropic-version" in self.request.headers:
@@ -271,17 +275,22 @@ class Chat(Base):
             self.runtime.admission.settle(self.ticket, self.record, usd)
 
     async def _serve(self):
-        admission = self.runtime.admission
-        if admission is not None:
-            self.record["key"] = key = admission.authenticate(self.request.headers)
+        self.record["key"] = self.authenticate()
         client = self.runtime.rules.dialects[self.dialect]
         body = await self._body(client.validate)
         self.record["stream"] = body.get("stream") is True
         route = await self._route(body)
-        if admission is not None:
-            self.ticket = await admission.admit(key, body.get("model"), body, self.request.headers, self.dialect,
-                                                self.request_id)
+        await self._admit(client, body)
         await self._forward(client, body, route)
+
+    async def _admit(self, client, body):
+        """The key's models, limits and budget (403/429), and the rate-limit headers of the answer."""
+        admission = self.runtime.admission
+        if admission is not None:
+            self.ticket = await admission.admit(self.record["key"], body.get("model"), body, self.request.headers,
+                                                client, self.request_id)
+            for name, value in self.ticket.headers.items():
+                self.set_header(name, value)
 
     async def _route(self, body):
         """The targets for this request (rules, name, balancing, preferences), the decision
@@ -536,13 +545,11 @@ class CountTokens(Chat):
     dialect = "anthropic"
 
     async def _serve(self):
-        admission = self.runtime.admission
-        key = admission.authenticate(self.request.headers) if admission is not None else None
-        self.record["key"] = key
+        self.record["key"] = key = self.authenticate()
         body = await self._body(partial(schemas.check, "anthropic_count_tokens.schema.yaml"))
         target = first_target(self.runtime.routes.resolve(body["model"])[0])
         if key is not None:  # counting is free: the key's models apply, its limits do not
-            admission.keys.permit(key, body["model"])
+            self.runtime.admission.keys.permit(key, body["model"])
         self.record["provider"], self.record["model"] = target.provider, target.model
         if target.count_tokens_url is None:
             return self.send_json(200, {"input_tokens": estimate_tokens(body)})

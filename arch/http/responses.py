@@ -24,8 +24,7 @@ log = logging.getLogger("arch")
 def _owner(handler):
     """The name of the caller's gateway key (a 401 without a valid one); None when keys are off.
     A stored response is seen only by the key that made it."""
-    admission = handler.runtime.admission
-    key = admission.authenticate(handler.request.headers) if admission is not None else None
+    key = handler.authenticate()
     return key and key.name
 
 
@@ -140,24 +139,20 @@ class Compact(Create):
     history = {}
 
     async def _serve(self):
-        admission = self.runtime.admission
-        if admission is not None:
-            self.record["key"] = key = admission.authenticate(self.request.headers)
+        self.record["key"] = self.authenticate()
         body = await self._body()
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise GatewayError(400, "model: a string is required", "model")
         self.record["requested_model"] = body["model"]
         target = first_target(self.runtime.routes.resolve(body["model"])[0])
-        if admission is not None:
-            self.ticket = await admission.admit(key, body["model"], body, self.request.headers, self.dialect,
-                                                self.request_id)
+        client = self.runtime.rules.dialects[self.dialect]
+        await self._admit(client, body)
         self.record["provider"], self.record["model"] = target.provider, target.model
         native = target.native.get(DIALECT)
         if not native or not native[1]:
             raise GatewayError(400, f"/v1/responses/compact is only available for OpenAI models; "
                                     f"'{body['model']}' is served by {target.provider}. Send the full input "
                                     "(or previous_response_id) to /v1/responses instead.", "model")
-        client = self.runtime.rules.dialects[self.dialect]
         data, _, _ = self._upstream_request(client, body, target)
         exchange = _Exchange(self, client, client, None)
         if await self._send(target, native[1], data, exchange):

@@ -66,6 +66,10 @@ class Dialect:
         self.max_output = tuple(spec.get("max_output") or ())
         self._needs = [(capability, compile_expr(n["when"], interpreter, f"{where}: needs.{capability}"), n["param"])
                        for capability, n in (spec.get("needs") or {}).items()]
+        limits = spec.get("ratelimit_headers")  # {kind: (limit, remaining, reset) header names}
+        self.ratelimit_names = {kind: tuple(limits[part].format(kind=kind) for part in ("limit", "remaining", "reset"))
+                                for kind in ("requests", "tokens")} if limits else {}
+        self.ratelimit_reset = limits and limits["reset_as"]
         err = spec["error"]
         self._error_message = compile_expr(err["message"], interpreter, f"{where}: error.message")
         self._error_status = compile_expr(err["status"], interpreter, f"{where}: error.status")

@@ -130,7 +130,8 @@ def load_rules(dirs=()):
 
 
 def _inherit(spec, dialect_specs, where):
-    """A dialect with `inherit: other` takes the other's `error` and `tables` unless it has its own."""
+    """A dialect with `inherit: other` takes the other's `error`, `tables` and `ratelimit_headers`
+    unless it has its own."""
     parent = spec.get("inherit")
     if parent is None:
         if "error" not in spec:
@@ -138,7 +139,7 @@ def _inherit(spec, dialect_specs, where):
         return spec
     if parent not in dialect_specs:
         raise ConfigError([f"{where}: inherit: no dialect named {parent!r}"])
-    return {**{k: dialect_specs[parent][k] for k in ("error", "tables") if k in dialect_specs[parent]}, **spec}
+    return {**{k: dialect_specs[parent][k] for k in ("error", "tables", "ratelimit_headers") if k in dialect_specs[parent]}, **spec}
 
 
 def _include(stream, where, dirs):
