@@ -11,6 +11,7 @@ reset time for `retry-after` and the rate-limit headers. The price: a client
 can spend a window's limit at its end and the next one's at the start of the
 next (documented in the README).
 """
+import functools
 import hashlib
 import math
 import time
@@ -120,6 +121,7 @@ def _duration(seconds):
     return f"{h}h{m}m{s}s" if h else f"{m}m{s}s"
 
 
+@functools.lru_cache(maxsize=256)  # a window's end is the same for every request in it
 def _rfc3339(t):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 

@@ -6,7 +6,7 @@ set and the budget, and only if all pass moves them, atomically, so replicas
 never both take the last unit of a limit. Settling after the answer (the
 token correction, the parallel slot, the spend, the usage totals) is one more
 EVALSHA that nobody waits for, held to leave in the same write as this
-process's next command (or 5 ms later when none comes): under load and at one
+process's next command (or 1 ms later when none comes): under load and at one
 connection alike it adds no round trip of its own. Every key starts with the hash tag `{prefix}`,
 so all of a gateway's keys live in one Redis Cluster slot and the scripts may
 touch any of them (one slot serves tens of thousands of admissions a second).
