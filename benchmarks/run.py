@@ -597,8 +597,9 @@ def big_streams(url, p, n, tokens, delay_ms, stall_s):
     return r
 
 
-def workers_run(res, args, procs, tmp, nginx_port, sse_port, dur):
-    """The gateway with --workers N: throughput, each worker's share of the work, and the big stream run."""
+def workers_run(res, args, procs, tmp, nginx_port, sse_port, dur, keys_prefix=None):
+    """The gateway with --workers N: throughput, each worker's share of the work, and the big stream run;
+    with `keys_prefix` (the keys rows ran) also its throughput with keys and limits in Redis."""
     n = args.workers
     url, p = start_gateway(procs, args, tmp, "gateway-workers", nginx_port, sse_port, ["--workers", str(n)])
     w = res["workers"] = {"n": n}
@@ -609,6 +610,15 @@ def workers_run(res, args, procs, tmp, nginx_port, sse_port, dur):
     body = openai_body("gpt-4o-mini")
     wrk(tmp, url + OAI, body, OPENAI_HEADERS, 64, 2, 1)  # warm-up
     w["thr"], w["req_shares"] = worker_shares(p.pid, lambda: wrk(tmp, url + OAI, body, OPENAI_HEADERS, 64, 2, dur))
+    if keys_prefix:
+        kurl, kp = start_gateway(procs, args, tmp, "gateway-workers-keys", nginx_port, sse_port, ["--workers", str(n)],
+                                 config=lambda port, ng, s: keys_config(port, ng, s, args.redis, keys_prefix))
+        if kurl is not None:
+            print(f"# gateway --workers {n} + keys + limits (Redis): wrk 64c requests", file=sys.stderr)
+            wrk(tmp, kurl + OAI, body, OPENAI_HEADERS, 64, 2, 1)  # warm-up
+            w["thr_keys"], w["req_shares_keys"] = worker_shares(
+                kp.pid, lambda: wrk(tmp, kurl + OAI, body, OPENAI_HEADERS, 64, 2, dur))
+            procs.stop(kp)
     sse_control(sse_port, 20, 0)
     sbody = openai_body("stream-model", stream=True)
     w["wrk_streams"], w["stream_shares"] = worker_shares(
@@ -640,12 +650,16 @@ def workers_report(res):
     rows = res["rows"].get("gateway OpenAI→OpenAI", {})
     srows = res.get("streams", {}).get("rows", {}).get("gateway OpenAI→OpenAI", {})
     one_rps = rows.get("thr", {}).get("rps")
+    one_kps = res["rows"].get("gateway+keys+limits (Redis) OpenAI→OpenAI", {}).get("thr", {}).get("rps")
     one_sps = srows.get("wrk", {}).get("rps")
     share = lambda xs: " / ".join(f"{x:.0%}" for x in xs)  # noqa: E731
     lines = ["", f"### --workers {w['n']} (OpenAI→OpenAI)", "",
              table(["", "one process", f"--workers {w['n']}", "scaling", "CPU share per worker"],
                    [["req/s @64c", f(one_rps, "{:,.0f}"), f(w["thr"]["rps"], "{:,.0f}"),
                      f(w["thr"]["rps"] / one_rps if one_rps else None, "{:.2f}x"), share(w["req_shares"])],
+                    *([["req/s @64c, keys + limits in Redis", f(one_kps, "{:,.0f}"), f(w["thr_keys"]["rps"], "{:,.0f}"),
+                        f(w["thr_keys"]["rps"] / one_kps if one_kps else None, "{:.2f}x"), share(w["req_shares_keys"])]]
+                      if "thr_keys" in w else []),
                     ["streams/s @64c", f(one_sps, "{:,.0f}"), f(w["wrk_streams"]["rps"], "{:,.0f}"),
                      f(w["wrk_streams"]["rps"] / one_sps if one_sps else None, "{:.2f}x"), share(w["stream_shares"])]])]
     big = w.get("big")
@@ -894,7 +908,7 @@ def main():
                 s["rows"][name] = r
 
         if gateway and args.workers > 1:
-            workers_run(res, args, procs, tmp, nginx_port, sse_port, dur)
+            workers_run(res, args, procs, tmp, nginx_port, sse_port, dur, keyed and redis_prefix)
 
     finally:
         procs.stop_all()
