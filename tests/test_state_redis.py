@@ -2,10 +2,12 @@
 pipelining, and what happens when Redis is slow, gone, or back."""
 import asyncio
 import os
+import time
 
 import pytest
 
 from arch.state.redis import Redis, ReplyError, Script, StateError
+from arch.state.shared import RedisState
 
 
 def run(coro):
@@ -80,6 +82,23 @@ def test_held_commands_leave_with_the_next_command_or_after_the_hold(redis_prefi
         assert await other.get(k) == b"2"
         r.close()
         other.close()
+    run(go())
+
+
+def test_settling_holds_usage_but_never_spend(redis_prefix):
+    """Spend goes to Redis at once (other replicas must see a budget run out); the rest of a
+    settlement waits for the process's next command."""
+    async def go():
+        state = RedisState("redis://127.0.0.1:6379/0", prefix=redis_prefix)
+        state.redis.hold = 30  # held means: not sent during this test
+        row = [(("k", "m", "", "p", "requests"), 1)]
+        await asyncio.wait_for(state.settle([], None, ("b:k", 0.5, time.time() + 60), row), 5)
+        held = asyncio.ensure_future(state.settle([], None, None, row))
+        await asyncio.sleep(0.1)
+        assert not held.done()
+        assert await state.usage() == [(("k", "m", "", "p", "requests"), 2.0)]  # the held one went first
+        assert held.done()
+        state.redis.close()
     run(go())
 
 

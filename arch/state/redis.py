@@ -173,7 +173,7 @@ class _Connection(asyncio.Protocol):
 class Redis:
     """A pipelined client for one Redis URL (redis://[user:password@]host:port/db)."""
 
-    def __init__(self, url, timeout=0.25, connect_timeout=0.5, retry_interval=1.0, hold=0.001):
+    def __init__(self, url, timeout=0.25, connect_timeout=0.5, retry_interval=1.0, hold=0.005):
         u = urlparse(url)
         if u.scheme != "redis":
             raise ValueError(f"{url!r}: only redis:// URLs are supported")

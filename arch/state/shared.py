@@ -6,10 +6,13 @@ set and the budget, and only if all pass moves them, atomically, so replicas
 never both take the last unit of a limit. Settling after the answer (the
 token correction, the parallel slot, the spend, the usage totals) is one more
 EVALSHA that nobody waits for, held to leave in the same write as this
-process's next command (or 1 ms later when none comes): under load and at one
-connection alike it adds no round trip of its own. Every key starts with the hash tag `{prefix}`,
-so all of a gateway's keys live in one Redis Cluster slot and the scripts may
-touch any of them (one slot serves tens of thousands of admissions a second).
+process's next command (or 5 ms later when none comes): under load and at one
+connection alike it adds no round trip of its own. A settlement that adds spend
+to a budget is not held: other replicas see spend as soon as the answer is
+made, so a budget is overshot only by the requests in flight when it ran out.
+Every key starts with the hash tag `{prefix}`, so all of a gateway's keys live
+in one Redis Cluster slot and the scripts may touch any of them (one slot
+serves tens of thousands of admissions a second).
 Window counters expire at their window's end (PEXPIREAT), budgets at theirs;
 usage totals are kept.
 """
@@ -97,7 +100,7 @@ class RedisState:
         args += [d for _, d in deltas]
         for fields, amount in usage:
             args += (json.dumps(fields), amount)
-        await self.redis.eval(SETTLE, keys, args, later=True)
+        await self.redis.eval(SETTLE, keys, args, later=not (budget and budget[1]))
 
     async def usage(self):
         """((key, model, alias, provider, kind), amount) for everything recorded."""
