@@ -802,6 +802,7 @@ class RawProvider:
         self._requests: list[dict] = []
         self._stopping = threading.Event()
         self._sock = None
+        self.sent = 0  # bytes written so far (a write blocks while the gateway reads nothing)
 
     def start(self):
         self._sock = socket.socket()
@@ -890,6 +891,7 @@ class RawProvider:
                 step = step(request)
             if isinstance(step, bytes):
                 conn.sendall(step)
+                self.sent += len(step)
             elif isinstance(step, float):
                 time.sleep(step)
             elif step == "close":

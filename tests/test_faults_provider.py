@@ -10,10 +10,13 @@ provider spells it.
 from __future__ import annotations
 
 import json
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -292,6 +295,32 @@ def test_a_real_end_event_still_ends_the_stream(gw, raw, dialect):
     resp = during(gw, raw, lambda: ask(gw, dialect, stream=True))
     last = sse_frames(resp.body)[-1]
     assert last == ((None, "[DONE]") if dialect == "openai" else ("message_stop", '{"type": "message_stop"}'))
+
+
+def test_a_client_that_stops_reading_pauses_its_provider(gw, raw):
+    """A provider floods 64 MB of events at a client that reads nothing for a while: the gateway
+    holds about a megabyte, stops reading the provider (whose writes then block), and once the
+    client reads again every event arrives, in order. Without the pause it would hold all 64 MB."""
+    piece = "x" * 65000
+    events = oai_sse([f"{n:04d}{piece}" for n in range(1024)])
+    raw.enqueue(SSE_HEAD, *(chunked(e)[:-5] for e in events), b"0\r\n\r\n")
+    body = json.dumps({"model": MODELS["openai"], "messages": USER, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                  b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        assert wait_for(lambda: raw.sent > 1 << 20, 10), "the provider's stream never started"
+        time.sleep(3)  # the client reads nothing
+        held = raw.sent
+        assert held < 32 << 20, f"the provider wrote {held >> 20} MB while the client read nothing"
+        assert health(gw)["status"] == "ok"
+        received = bytearray()
+        while chunk := s.recv(1 << 20):
+            received += chunk
+            if received.endswith(b"0\r\n\r\n"):
+                break
+    found = re.findall(rb'"content": "(\d{4})x', bytes(received))
+    assert [int(n) for n in found] == list(range(1024)) and b"[DONE]" in received
 
 
 # --- headers -------------------------------------------------------------------------------------

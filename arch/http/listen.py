@@ -69,6 +69,7 @@ class Server(HTTPServer):
     def time_reads(self, header_timeout, body_timeout):
         """Drop connections whose request head or body does not arrive within these (seconds)."""
         self.header_timeout, self.body_timeout = header_timeout, body_timeout
+        self.conn_params.header_timeout = self.conn_params.body_timeout = None  # Tornado's timers: not needed
         every = max(0.05, min(1.0, header_timeout / 4, body_timeout / 4))
         PeriodicCallback(self._sweep, every * 1000).start()
 
