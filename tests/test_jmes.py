@@ -24,7 +24,7 @@ from fakes import vector_json
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_EXPRESSIONS = {"client", "provider", "tables", "message", "param", "framing", "literals", "end_markers",
-                   "name", "path", "request_schema", "usage"}
+                   "name", "path", "request_schema", "usage", "ratelimit_headers"}
 
 EVERY_KIND = [
     "a", "a.b.c", "a[0]", "a[-1]", "a[1:3]", "a[::-1]", "a[*].b", "a[].b", "a[][]", "*.b", "a.*",
