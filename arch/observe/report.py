@@ -16,6 +16,7 @@ import time
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest, multiprocess)
 
+from arch import jsonio
 from arch.observe.tracing import tracer
 
 LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -142,7 +143,7 @@ def done(record, prices, client_address, log_content=None):
                 line["tags"] = key.tags
         if log_content is not None:
             line["content"] = log_content
-        stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+        stream.write(jsonio.dumps(line).decode() + "\n")
     return usd
 
 
