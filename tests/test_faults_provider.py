@@ -325,6 +325,21 @@ def test_a_client_that_stops_reading_pauses_its_provider(gw, raw):
     assert [int(n) for n in found] == list(range(count)) and b"[DONE]" in received
 
 
+def test_a_stream_to_an_http_1_0_client_is_not_chunked(gw, raw):
+    """HTTP/1.0 has no chunked encoding: the stream's bytes go out as they are and the close ends them."""
+    raw.enqueue(SSE_HEAD + chunked(*oai_sse(["a", "b"])))
+    body = json.dumps({"model": MODELS["openai"], "messages": USER, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.0\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                  b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+    head, _, events = received.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower() and events.startswith(b"data: {")
+    assert [d for _, d in sse_frames(events)][-1] == "[DONE]" and b'"a"' in events and b'"b"' in events
+
+
 # --- headers -------------------------------------------------------------------------------------
 
 @BOTH
