@@ -43,6 +43,7 @@ class Create(Chat):
     keeps_answers = True
 
     async def _forward(self, client, body, route):
+        self.keeps_answers = body.get("store") is not False  # store: false keeps nothing, no work after the answer
         self.owner = self.record["key"] and self.record["key"].name
         self.history = {}  # provider dialect -> the conversation before this request, or None
         self.continues = None
