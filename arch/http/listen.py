@@ -1,6 +1,6 @@
 """Accepting client connections so that no peer can exhaust the process.
 
-Tornado's HTTPServer with four changes:
+Tornado's HTTPServer with five changes:
 - at most `max_connections` are open at once; the next one is answered 503
   (with `retry-after`) and closed, never left hanging;
 - out of file descriptors (EMFILE), accepting pauses for a moment instead
