@@ -185,6 +185,11 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu(p):
+    """CPU seconds of a process and its workers."""
+    return sum(cpu_seconds(pid) for pid in [p.pid, *descendants(p.pid)])
+
+
 def worker_shares(pid, run):
     """Run `run()` and return (its result, each worker's share of the CPU the workers used)."""
     workers = descendants(pid) or [pid]
@@ -508,11 +513,12 @@ def report(res, args):
         rows = []
         for name, r in s["rows"].items():
             if "skipped" in r:
-                rows.append([name] + ["—"] * 10 + [f"skipped: {r['skipped']}"])
+                rows.append([name] + ["—"] * 11 + [f"skipped: {r['skipped']}"])
                 continue
             t, c, w = r["ttft"], r["conc"], r["wrk"]
             rows.append([name, f(t["ttft_p50_ms"], "{:.3f}"), f(r.get("added_ttft_ms"), "{:.3f}"), f(t["ttft_p99_ms"], "{:.3f}"),
                          f(w["rps"], "{:,.0f}"), f(w["rps"] / sref["wrk"]["rps"] if sref.get("wrk") and not name.startswith("direct") else None, "{:.2f}x"),
+                         f(r.get("cpu_ms_per_stream"), "{:.3f}"),
                          f"{c['completed']}/{c['streams']}", c["stalled"],
                          f"{f(c['ttft_p50_ms'], '{:.0f}')} / {f(c['ttft_p99_ms'], '{:.0f}')}",
                          f"{f(c['total_p50_ms'], '{:.0f}')} / {f(c['total_p99_ms'], '{:.0f}')}", f(r.get("rss_mb"), "{:.0f}"),
@@ -520,7 +526,7 @@ def report(res, args):
                                                f"{c['listen_overflows']} listen overflows" if c["listen_overflows"] else "",
                                                *(f"{k}× {e}" for e, k in c["errors"])) if x)])
         lines.append(table(["target", "TTFT p50 ms", "added TTFT ms", "TTFT p99 ms", "streams/s @64c", "vs ref",
-                            f"{s['concurrent']} streams done", "stalled", "loaded TTFT p50/p99 ms",
+                            "CPU ms per stream", f"{s['concurrent']} streams done", "stalled", "loaded TTFT p50/p99 ms",
                             "stream time p50/p99 ms", "RSS MB", "notes"], rows))
 
     if res.get("rss_after"):
@@ -554,6 +560,28 @@ def targets(res):
         out.append(f"{c['streams']} concurrent streams, none stalled: {c['completed']} done, {c['stalled']} stalled — "
                    f"{ok(c['stalled'] == 0 and c['completed'] == c['streams'])}")
         out.append(f"added TTFT under 1 ms at low load: {st['added_ttft_ms']:.3f} ms — {ok(st['added_ttft_ms'] < 1)}")
+    srows = res.get("streams", {}).get("rows", {})
+    sref = srows.get(res["reference"], {}).get("wrk", {}).get("rps")
+    for names, least in ((["gateway OpenAI→OpenAI", "gateway Anthropic→Anthropic"], 0.9),
+                         (["gateway OpenAI→Anthropic (cross)", "gateway Anthropic→OpenAI (cross)"], 0.7),
+                         (["gateway Responses→chat (cross)", "gateway Responses→Anthropic (cross)"], 0.7)):
+        got = [(n, srows[n]["wrk"]["rps"] / sref) for n in names if sref and "wrk" in srows.get(n, {})]
+        if got:
+            out.append(f"streams/s @64c at least {least:.0%} of reference: "
+                       f"{', '.join(f'{n[8:]} {r:.0%}' for n, r in got)} — {ok(all(r >= least for _, r in got))}")
+    w = res.get("workers", {})
+    one = srows.get("gateway OpenAI→OpenAI", {}).get("wrk", {}).get("rps")
+    if "thr" in w and one:
+        req, streams = w["thr"]["rps"] / same["thr"]["rps"], w["wrk_streams"]["rps"] / one
+        out.append(f"--workers {w['n']}: requests/s and streams/s at least 1.8x one process: {req:.2f}x and "
+                   f"{streams:.2f}x — {ok(req >= 1.8 and streams >= 1.8)}")
+    big = w.get("big", {}).get("rows", {})
+    gw_big, ref_big = big.get(f"gateway --workers {w.get('n')}"), big.get("reference")
+    if gw_big and ref_big and ref_big.get("total_p99_ms"):
+        r = gw_big["total_p99_ms"] / ref_big["total_p99_ms"]
+        out.append(f"{gw_big['streams']:,} concurrent streams through --workers {w['n']}: {gw_big['completed']:,} done, "
+                   f"{gw_big['stalled']} stalled, stream time p99 {r:.2f}x the reference's (at most 1.5x) — "
+                   f"{ok(gw_big['completed'] == gw_big['streams'] and not gw_big['stalled'] and r <= 1.5)}")
     keyed = rows.get("gateway+keys+limits (Redis) OpenAI→OpenAI", {})
     if "lat" in keyed:
         extra = keyed["lat"]["p50_ms"] - same["lat"]["p50_ms"]
@@ -896,7 +924,10 @@ def main():
                 sse_control(sse_port, s["ttft_tokens"], s["ttft_delay_ms"])
                 r = {"ttft": run_streams(url + path, body, h, ttft_n, 1, s["ttft_tokens"], args.stall_s, 30)}
                 sse_control(sse_port, s["wrk_tokens"], 0)
+                cpu = tree_cpu(p) if p else None
                 r["wrk"] = wrk(tmp, url + path, body, h, 64, 2, dur)
+                if p and r["wrk"]["requests"]:  # the proxy's own CPU per stream: what the machine's load moves least
+                    r["cpu_ms_per_stream"] = (tree_cpu(p) - cpu) * 1000 / r["wrk"]["requests"]
                 sse_control(sse_port, args.stream_tokens, args.stream_delay_ms)
                 r["conc"] = run_streams(url + path, body, h, args.streams, args.streams, args.stream_tokens,
                                         args.stall_s, timeout)
