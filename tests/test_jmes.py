@@ -140,3 +140,13 @@ def test_routing_rules_hold_when_jmespath_finds_them_true(body, tier, model, tok
         except (jmespath.exceptions.JMESPathError, TypeError):
             holds = False
         assert (first(root, b"") is rule) is holds, (rule.name, ROUTING_WHEN[int(rule.name)], root)
+
+
+def test_a_routing_rule_nested_deeper_than_python_parses_still_compiles():
+    when = " || ".join(f"body.a == `{n}`" for n in range(250))  # too deep for Python's parser
+    rules, problems = compile_rules([{"name": "deep", "when": when, "target": "t"}], "test")
+    first = compile_list(rules, None)
+    assert not problems and first(facts({"a": 249}, HTTPHeaders(), "openai"), b"") is rules[0]
+    assert first(facts({"a": 250}, HTTPHeaders(), "openai"), b"") is None
+    deeper = " || ".join(f"body.a == `{n}`" for n in range(400))
+    assert compile_rules([{"when": deeper, "target": "t"}], "test")[1] == ["test[0].when: nested more than 300 levels deep"]

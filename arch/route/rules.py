@@ -24,6 +24,7 @@ from arch.rules.jmes import _equals, _steps, compile_node
 _INTERPRETER = rule_interpreter({})
 ROOT = ("model", "body", "headers", "dialect", "stream")  # what `facts.facts` puts in every root
 _ORDER = {"lt": "<", "gt": ">", "lte": "<=", "gte": ">="}
+MAX_DEPTH = 300  # levels of a `when`: within what the closures' compiler recurses through
 TYPES = {"stream": bool, "has_images": bool, "has_tools": bool, "has_thinking": bool, "input_tokens": int}
 
 
@@ -49,14 +50,25 @@ def compile_rules(specs, where):
         if isinstance(when, str):
             try:
                 tree = jmespath.compile(when).parsed
-            except JMESPathError as e:
+            except (JMESPathError, RecursionError) as e:
                 problems.append(f"{here}.when: invalid JMESPath {when!r}: {e}")
+                continue
+            if _depth(tree) > MAX_DEPTH:
+                problems.append(f"{here}.when: nested more than {MAX_DEPTH} levels deep")
                 continue
         else:  # a YAML constant
             tree = {"type": "literal", "value": when, "children": []}
         rules.append(Rule(spec.get("name") or here.rpartition(": ")[2], tree, spec["target"], here,
                           frozenset(reads(tree))))
     return rules, problems
+
+
+def _depth(tree):
+    depth, level = 0, [tree]
+    while level:
+        depth += 1
+        level = [c for node in level for c in node.get("children", ()) if isinstance(c, dict)]
+    return depth
 
 
 def _literal_source(value):
@@ -107,7 +119,9 @@ class _Source:
             return f"(not {self.truth(node['children'][0])})"
         if kind == "comparator" or _typed(node) is bool:  # true, false or null
             return self.value(node)
-        value = self.value(node)
+        return self.truthy(self.value(node))
+
+    def truthy(self, value):
         t = self.temp()
         return f"(({t} := {value}) or {t}.__class__ in (int, float))"  # 0 is true in JMESPath
 
@@ -132,7 +146,10 @@ class _Source:
             return f"({t} if {false} else {b})" if kind == "and_expression" else f"({b} if {false} else {t})"
         if kind == "not_expression":  # true or false
             return self.truth(node)
-        # anything else: the closure, on the root (which holds every computed fact it names)
+        return self.closure(node)
+
+    def closure(self, node):
+        """The node's closure, called on the root (which holds every computed fact it names)."""
         return f"{self.name(compile_node(node, _INTERPRETER))}(root)"
 
     def path(self, steps):
@@ -190,7 +207,11 @@ def compile_list(rules, model_facts):
         source.needed = {}
         for fact in sorted(rule.reads):  # closures read computed facts from the root: there first
             source.root_field(fact)
-        test = source.truth(rule.when)
+        try:
+            test = source.truth(rule.when)
+            compile(test, "<routing rule>", "eval")
+        except (SyntaxError, RecursionError, MemoryError):  # nested deeper than Python's parser goes
+            test = source.truthy(source.closure(rule.when))
         for local, load in source.needed.items():
             if local not in loaded:
                 loaded.add(local)
