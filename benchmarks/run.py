@@ -570,9 +570,9 @@ def targets(res):
             out.append(f"streams/s @64c at least {least:.0%} of reference: "
                        f"{', '.join(f'{n[8:]} {r:.0%}' for n, r in got)} — {ok(all(r >= least for _, r in got))}")
     w = res.get("workers", {})
-    one = srows.get("gateway OpenAI→OpenAI", {}).get("wrk", {}).get("rps")
+    one = w.get("one_streams", srows.get("gateway OpenAI→OpenAI", {}).get("wrk", {})).get("rps")
     if "thr" in w and one:
-        req, streams = w["thr"]["rps"] / same["thr"]["rps"], w["wrk_streams"]["rps"] / one
+        req, streams = w["thr"]["rps"] / w.get("one_thr", same["thr"])["rps"], w["wrk_streams"]["rps"] / one
         out.append(f"--workers {w['n']}: requests/s and streams/s at least 1.8x one process: {req:.2f}x and "
                    f"{streams:.2f}x — {ok(req >= 1.8 and streams >= 1.8)}")
     big = w.get("big", {}).get("rows", {})
@@ -625,9 +625,11 @@ def big_streams(url, p, n, tokens, delay_ms, stall_s):
     return r
 
 
-def workers_run(res, args, procs, tmp, nginx_port, sse_port, dur, keys_prefix=None):
+def workers_run(res, args, procs, tmp, nginx_port, sse_port, dur, keys_prefix=None, single=None):
     """The gateway with --workers N: throughput, each worker's share of the work, and the big stream run;
-    with `keys_prefix` (the keys rows ran) also its throughput with keys and limits in Redis."""
+    with `keys_prefix` (the keys rows ran) also its throughput with keys and limits in Redis. With `single`
+    (the one-process gateway's URL) that one is measured again just before, so the scaling compares runs
+    made seconds apart rather than minutes (what else the machine runs moves both alike)."""
     n = args.workers
     url, p = start_gateway(procs, args, tmp, "gateway-workers", nginx_port, sse_port, ["--workers", str(n)])
     w = res["workers"] = {"n": n}
@@ -637,6 +639,8 @@ def workers_run(res, args, procs, tmp, nginx_port, sse_port, dur, keys_prefix=No
     print(f"# gateway --workers {n}: wrk 64c requests and streams", file=sys.stderr)
     body = openai_body("gpt-4o-mini")
     wrk(tmp, url + OAI, body, OPENAI_HEADERS, 64, 2, 1)  # warm-up
+    if single:
+        w["one_thr"] = wrk(tmp, single + OAI, body, OPENAI_HEADERS, 64, 2, dur)
     w["thr"], w["req_shares"] = worker_shares(p.pid, lambda: wrk(tmp, url + OAI, body, OPENAI_HEADERS, 64, 2, dur))
     if keys_prefix:
         kurl, kp = start_gateway(procs, args, tmp, "gateway-workers-keys", nginx_port, sse_port, ["--workers", str(n)],
@@ -649,6 +653,8 @@ def workers_run(res, args, procs, tmp, nginx_port, sse_port, dur, keys_prefix=No
             procs.stop(kp)
     sse_control(sse_port, 20, 0)
     sbody = openai_body("stream-model", stream=True)
+    if single:
+        w["one_streams"] = wrk(tmp, single + OAI, sbody, OPENAI_HEADERS, 64, 2, dur)
     w["wrk_streams"], w["stream_shares"] = worker_shares(
         p.pid, lambda: wrk(tmp, url + OAI, sbody, OPENAI_HEADERS, 64, 2, dur))
     if not args.big_streams:
@@ -677,9 +683,9 @@ def workers_report(res):
         return ["", f"### --workers {w['n']}: skipped ({w['skipped'].splitlines()[0]})"]
     rows = res["rows"].get("gateway OpenAI→OpenAI", {})
     srows = res.get("streams", {}).get("rows", {}).get("gateway OpenAI→OpenAI", {})
-    one_rps = rows.get("thr", {}).get("rps")
+    one_rps = w.get("one_thr", rows.get("thr", {})).get("rps")
     one_kps = res["rows"].get("gateway+keys+limits (Redis) OpenAI→OpenAI", {}).get("thr", {}).get("rps")
-    one_sps = srows.get("wrk", {}).get("rps")
+    one_sps = w.get("one_streams", srows.get("wrk", {})).get("rps")
     share = lambda xs: " / ".join(f"{x:.0%}" for x in xs)  # noqa: E731
     lines = ["", f"### --workers {w['n']} (OpenAI→OpenAI)", "",
              table(["", "one process", f"--workers {w['n']}", "scaling", "CPU share per worker"],
@@ -939,7 +945,7 @@ def main():
                 s["rows"][name] = r
 
         if gateway and args.workers > 1:
-            workers_run(res, args, procs, tmp, nginx_port, sse_port, dur, keyed and redis_prefix)
+            workers_run(res, args, procs, tmp, nginx_port, sse_port, dur, keyed and redis_prefix, gateway[0])
 
     finally:
         procs.stop_all()
