@@ -16,6 +16,7 @@ serves tens of thousands of admissions a second).
 Window counters expire at their window's end (PEXPIREAT), budgets at theirs;
 usage totals are kept.
 """
+import functools
 import json
 
 from arch.state.redis import Redis, Script
@@ -71,6 +72,11 @@ return 1
 """)
 
 
+@functools.lru_cache(maxsize=4096)  # (key, model, alias, provider, kind): a few per configuration
+def _field(fields):
+    return json.dumps(fields)
+
+
 class RedisState:
     def __init__(self, url, prefix="archgw", timeout=0.25):
         self.redis = Redis(url, timeout=timeout)
@@ -99,7 +105,7 @@ class RedisState:
                 int(budget[2] * 1000) if budget else ""]
         args += [d for _, d in deltas]
         for fields, amount in usage:
-            args += (json.dumps(fields), amount)
+            args += (_field(fields), amount)
         await self.redis.eval(SETTLE, keys, args, later=not (budget and budget[1]))
 
     async def usage(self):
