@@ -66,6 +66,23 @@ def test_validate_repo_config_ok():
     assert "OPENAI_API_KEY is not set" not in out and "ANTHROPIC_API_KEY is not set" not in out
 
 
+def test_deploy_examples_validate_and_agree():
+    """deploy/: the replicas' shared config loads cleanly (keys, limits, Redis), and compose and
+    Kubernetes run the gateway on the path where they mount it, next to a Redis it names."""
+    code, out = archgw("validate", "deploy/arch_config.yaml", env={**GATEWAY_ENV, "ARCH_ADMIN_KEY": "a"})
+    assert code == 0 and "deploy/arch_config.yaml: OK" in out and "warning" not in out, out
+    config = yaml.safe_load((ROOT / "deploy" / "arch_config.yaml").read_text())
+    assert config["state"]["redis"] == "redis://redis:6379/0"
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())["services"]
+    mounted = compose["gateway"]["volumes"][0].split(":")[1]
+    assert mounted in compose["gateway"]["command"] and "redis" in compose
+    kube = {d["kind"] + "/" + d["metadata"]["name"]: d for f in ("gateway.yaml", "redis.yaml")
+            for d in yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / f).read_text())}
+    pod = kube["Deployment/archgw"]["spec"]["template"]["spec"]
+    path = pod["containers"][0]["volumeMounts"][0]["mountPath"] + "/arch_config.yaml"
+    assert path in pod["containers"][0]["args"] and path == mounted and "Service/redis" in kube
+
+
 def test_validate_default_config_is_arch_config_yaml():
     code, out = archgw("validate", env=GATEWAY_ENV)
     assert code == 0, out
