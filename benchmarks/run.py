@@ -625,36 +625,46 @@ def big_streams(url, p, n, tokens, delay_ms, stall_s):
     return r
 
 
-def workers_run(res, args, procs, tmp, nginx_port, sse_port, dur, keys_prefix=None, single=None):
-    """The gateway with --workers N: throughput, each worker's share of the work, and the big stream run;
-    with `keys_prefix` (the keys rows ran) also its throughput with keys and limits in Redis. With `single`
-    (the one-process gateway's URL) that one is measured again just before, so the scaling compares runs
-    made seconds apart rather than minutes (what else the machine runs moves both alike)."""
+def scaling(tmp, one, many, pid, rounds, dur):
+    """req/s @64c of one process (url `one`) and of the workers (`many`, process `pid`), measured in
+    turn `rounds` times so that other load on the machine falls on both alike (medians):
+    ({"rps": one}, {"rps": workers}, each worker's CPU share)."""
+    body = openai_body("gpt-4o-mini")
+    wrk(tmp, many + OAI, body, OPENAI_HEADERS, 64, 2, 1)  # warm-up
+    ones, manys, shares = [], [], []
+    for _ in range(rounds):
+        ones.append(wrk(tmp, one + OAI, body, OPENAI_HEADERS, 64, 2, dur)["rps"])
+        r, s = worker_shares(pid, lambda: wrk(tmp, many + OAI, body, OPENAI_HEADERS, 64, 2, dur))
+        manys.append(r["rps"])
+        shares.append(s)
+    return ({"rps": statistics.median(ones)}, {"rps": statistics.median(manys)},
+            shares[manys.index(statistics.median_high(manys))])
+
+
+def workers_run(res, args, procs, tmp, nginx_port, sse_port, dur, single, keyed_single=None, keys_prefix=None):
+    """The gateway with --workers N against the one-process gateway at `single`, measured in turn
+    (`scaling`; streams/s just before), each worker's share of the work, and the big stream run;
+    with `keyed_single` (the keys rows ran) the same with keys and limits in Redis."""
     n = args.workers
     url, p = start_gateway(procs, args, tmp, "gateway-workers", nginx_port, sse_port, ["--workers", str(n)])
     w = res["workers"] = {"n": n}
     if url is None:
         w["skipped"] = p
         return
-    print(f"# gateway --workers {n}: wrk 64c requests and streams", file=sys.stderr)
-    body = openai_body("gpt-4o-mini")
-    wrk(tmp, url + OAI, body, OPENAI_HEADERS, 64, 2, 1)  # warm-up
-    if single:
-        w["one_thr"] = wrk(tmp, single + OAI, body, OPENAI_HEADERS, 64, 2, dur)
-    w["thr"], w["req_shares"] = worker_shares(p.pid, lambda: wrk(tmp, url + OAI, body, OPENAI_HEADERS, 64, 2, dur))
-    if keys_prefix:
+    print(f"# gateway --workers {n}: wrk 64c requests (in turn with one process, {args.rounds} rounds) and streams",
+          file=sys.stderr)
+    w["one_thr"], w["thr"], w["req_shares"] = scaling(tmp, single, url, p.pid, args.rounds, dur)
+    if keyed_single:
         kurl, kp = start_gateway(procs, args, tmp, "gateway-workers-keys", nginx_port, sse_port, ["--workers", str(n)],
                                  config=lambda port, ng, s: keys_config(port, ng, s, args.redis, keys_prefix))
         if kurl is not None:
             print(f"# gateway --workers {n} + keys + limits (Redis): wrk 64c requests", file=sys.stderr)
-            wrk(tmp, kurl + OAI, body, OPENAI_HEADERS, 64, 2, 1)  # warm-up
-            w["thr_keys"], w["req_shares_keys"] = worker_shares(
-                kp.pid, lambda: wrk(tmp, kurl + OAI, body, OPENAI_HEADERS, 64, 2, dur))
+            w["one_keys_thr"], w["keys_thr"], w["req_shares_keys"] = scaling(tmp, keyed_single, kurl, kp.pid,
+                                                                             args.rounds, dur)
             procs.stop(kp)
     sse_control(sse_port, 20, 0)
     sbody = openai_body("stream-model", stream=True)
-    if single:
-        w["one_streams"] = wrk(tmp, single + OAI, sbody, OPENAI_HEADERS, 64, 2, dur)
+    w["one_streams"] = wrk(tmp, single + OAI, sbody, OPENAI_HEADERS, 64, 2, dur)
     w["wrk_streams"], w["stream_shares"] = worker_shares(
         p.pid, lambda: wrk(tmp, url + OAI, sbody, OPENAI_HEADERS, 64, 2, dur))
     if not args.big_streams:
@@ -681,19 +691,16 @@ def workers_report(res):
     w = res["workers"]
     if "skipped" in w:
         return ["", f"### --workers {w['n']}: skipped ({w['skipped'].splitlines()[0]})"]
-    rows = res["rows"].get("gateway OpenAI→OpenAI", {})
     srows = res.get("streams", {}).get("rows", {}).get("gateway OpenAI→OpenAI", {})
-    one_rps = w.get("one_thr", rows.get("thr", {})).get("rps")
-    one_kps = res["rows"].get("gateway+keys+limits (Redis) OpenAI→OpenAI", {}).get("thr", {}).get("rps")
     one_sps = w.get("one_streams", srows.get("wrk", {})).get("rps")
     share = lambda xs: " / ".join(f"{x:.0%}" for x in xs)  # noqa: E731
     lines = ["", f"### --workers {w['n']} (OpenAI→OpenAI)", "",
              table(["", "one process", f"--workers {w['n']}", "scaling", "CPU share per worker"],
-                   [["req/s @64c", f(one_rps, "{:,.0f}"), f(w["thr"]["rps"], "{:,.0f}"),
-                     f(w["thr"]["rps"] / one_rps if one_rps else None, "{:.2f}x"), share(w["req_shares"])],
-                    *([["req/s @64c, keys + limits in Redis", f(one_kps, "{:,.0f}"), f(w["thr_keys"]["rps"], "{:,.0f}"),
-                        f(w["thr_keys"]["rps"] / one_kps if one_kps else None, "{:.2f}x"), share(w["req_shares_keys"])]]
-                      if "thr_keys" in w else []),
+                   [["req/s @64c", f(w["one_thr"]["rps"], "{:,.0f}"), f(w["thr"]["rps"], "{:,.0f}"),
+                     f(w["thr"]["rps"] / w["one_thr"]["rps"], "{:.2f}x"), share(w["req_shares"])],
+                    *([["req/s @64c, keys + limits in Redis", f(w["one_keys_thr"]["rps"], "{:,.0f}"),
+                        f(w["keys_thr"]["rps"], "{:,.0f}"), f(w["keys_thr"]["rps"] / w["one_keys_thr"]["rps"], "{:.2f}x"),
+                        share(w["req_shares_keys"])]] if "keys_thr" in w else []),
                     ["streams/s @64c", f(one_sps, "{:,.0f}"), f(w["wrk_streams"]["rps"], "{:,.0f}"),
                      f(w["wrk_streams"]["rps"] / one_sps if one_sps else None, "{:.2f}x"), share(w["stream_shares"])]])]
     big = w.get("big")
@@ -945,7 +952,7 @@ def main():
                 s["rows"][name] = r
 
         if gateway and args.workers > 1:
-            workers_run(res, args, procs, tmp, nginx_port, sse_port, dur, keyed and redis_prefix, gateway[0])
+            workers_run(res, args, procs, tmp, nginx_port, sse_port, dur, gateway[0], keyed and keyed[0], redis_prefix)
 
     finally:
         procs.stop_all()
