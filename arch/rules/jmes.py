@@ -77,16 +77,42 @@ def _plain_literal(node):
 def compile_node(node, interpreter):
     """A function of the current value that evaluates `node` (a jmespath AST).
 
-    The tree becomes the source of one Python expression, compiled once: no
-    call per node, temporaries held in the expression itself (`:=`). What it
-    cannot express (expref, and node kinds newer than these) is evaluated by
-    jmespath's own interpreter from inside it."""
+    The tree becomes the source of one Python function, compiled once: no call
+    per node, temporaries held in the expression itself (`:=`), and a lookup
+    from the top (`e.choices[0].delta`) that several parts share made once, up
+    front (a lookup has no effects and cannot fail, so making it early changes
+    nothing). What it cannot express (expref, and node kinds newer than these)
+    is evaluated by jmespath's own interpreter from inside it."""
     gen = _Source(interpreter)
     try:
-        code = gen.expr(node, "v")
-        return eval(f"lambda v: {code}", gen.names)  # noqa: S307 - source built from the AST above
+        gen.share(node)
+        body = gen.expr(node, "v")
+        lines = [f"    {name} = {code}" for name, code in gen.hoisted]
+        exec("\n".join(["def _rule(v):", *lines, f"    return {body}"]), gen.names)  # noqa: S102 - from the AST
+        return gen.names["_rule"]
     except (SyntaxError, RecursionError, MemoryError):  # nested past what Python compiles: interpret it
         return lambda v: interpreter.visit(node, v)
+
+
+def _top_lookups(node, top, found):
+    """The steps of each lookup made from the top value (`top`: `node` is evaluated on it)."""
+    kind, children = node["type"], node.get("children", ())
+    steps = _steps(node) if kind in ("field", "subexpression", "index_expression") else None
+    if steps is not None:
+        if top:
+            found.append(tuple(steps))
+    elif kind in ("subexpression", "index_expression", "pipe", "projection", "value_projection",
+                  "filter_projection"):  # the first child on this value, the rest on what it gives
+        _top_lookups(children[0], top, found)
+        for child in children[1:]:
+            _top_lookups(child, False, found)
+    elif kind in _SAME_VALUE:
+        for child in children:
+            _top_lookups(child, top, found)
+
+
+_SAME_VALUE = {"comparator", "or_expression", "and_expression", "not_expression", "function_expression",
+               "multi_select_dict", "multi_select_list", "key_val_pair", "flatten"}
 
 
 def _truthy(name):
@@ -103,6 +129,37 @@ class _Source:
         self.names = {"_get": _get, "_index": _index, "_slice": _slice, "_flatten": _flatten, "_equals": _equals,
                       "_order": _order, "_is_comparable": _is_comparable, "_nothing": _NOTHING}
         self.count = 0
+        self.shared = {}   # steps from the top, looked up once -> the name holding the value
+        self.hoisted = []  # (name, code), in order
+
+    def share(self, node):
+        """Name the lookups from the top that two or more parts of `node` make (or begin with)."""
+        found, uses = [], {}
+        _top_lookups(node, True, found)
+        for steps in found:
+            for k in range(1, len(steps) + 1):
+                uses[steps[:k]] = uses.get(steps[:k], 0) + 1
+        for steps in sorted((p for p, n in uses.items() if n > 1), key=len):
+            code = self.lookup(steps, "v")
+            self.count += 1
+            self.shared[steps] = name = f"_h{self.count}"
+            self.hoisted.append((name, code))
+
+    def lookup(self, steps, cur):
+        """Code for `steps` looked up from `cur`, from the longest prefix already named."""
+        if cur == "v":
+            for k in range(len(steps), 0, -1):
+                if steps[:k] in self.shared:
+                    cur, steps = self.shared[steps[:k]], steps[k:]
+                    break
+        code = cur
+        for step in steps:
+            if step.__class__ is str:
+                t, bound = (code, code) if code == cur else self.bind(code)
+                code = f"({t}.get({step!r}) if {bound}.__class__ is dict else _get({t}, {step!r}))"
+            else:
+                code = f"_index({code}, {step!r})"
+        return code
 
     def const(self, value):
         if value is None or value.__class__ in (bool, int, str) or (value.__class__ is float and value == value
@@ -134,14 +191,7 @@ class _Source:
         kind, children = node["type"], node.get("children", ())
         steps = _steps(node) if kind in ("field", "subexpression", "index_expression") else None
         if steps is not None:  # a.b[0].c: one lookup per step, inline
-            code = cur
-            for step in steps:
-                if step.__class__ is str:
-                    t, bound = (code, code) if code == cur else self.bind(code)
-                    code = f"({t}.get({step!r}) if {bound}.__class__ is dict else _get({t}, {step!r}))"
-                else:
-                    code = f"_index({code}, {step!r})"
-            return code
+            return self.lookup(tuple(steps), cur)
         if kind in ("subexpression", "index_expression", "pipe"):
             code = self.expr(children[0], cur)
             for child in children[1:]:
@@ -235,6 +285,8 @@ _NOTHING = object()  # never a value: `x is not _nothing` binds x and is always 
 
 def _get(value, key):
     """A name looked up in anything but a dict (which the code tests first): a mapping with .get, or null."""
+    if value is None:
+        return None
     try:
         return value.get(key)
     except AttributeError:
