@@ -93,21 +93,6 @@ def post(base_url, path, body, headers=None, timeout=10.0, conn=None) -> Respons
     return request(base_url, "POST", path, body, headers, timeout, conn)
 
 
-def sse_frames(raw: bytes) -> list[tuple[str | None, str]]:
-    """(event name, data) of each SSE event in `raw`."""
-    out = []
-    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        name, data = None, []
-        for line in block.split(b"\n"):
-            if line.startswith(b"event:"):
-                name = line[6:].strip().decode()
-            elif line.startswith(b"data:"):
-                data.append(line[5:].lstrip(b" ").decode("utf-8", "replace"))
-        if data:
-            out.append((name, "\n".join(data)))
-    return out
-
-
 def assert_dialect_error(dialect, resp, status=None):
     """`resp` is a well-formed error in `dialect`'s envelope."""
     assert resp.status >= 400, (resp.status, resp.body[:300])

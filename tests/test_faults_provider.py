@@ -21,9 +21,9 @@ import time
 import pytest
 
 from conftest import ROOT, start_gateway
-from fakes import RawProvider
+from fakes import RawProvider, parse_sse
 from reliability_util import CLAUDE, USER, anth_sse, assert_dialect_error, health, oai_chunk, oai_sse, post, \
-    rss_kb, sse_frames, wait_for
+    rss_kb, wait_for
 
 OPENAI_KEY = "sk-raw/openai+Key-0123456789"     # a '/' that JSON may write as '\/'
 ANTHROPIC_KEY = "sk-ant-raw-Key-9876543210"
@@ -135,7 +135,7 @@ def answer(dialect, text="Hello"):
 def assert_stream_error(dialect, resp, says=None):
     """A 200 stream that ended with the dialect's in-stream error (and not with its clean end)."""
     assert resp.status == 200, (resp.status, resp.body[:300])
-    frames = sse_frames(resp.body)
+    frames = parse_sse(resp.body)
     name, data = frames[-1]
     error = json.loads(data)
     if dialect == "openai":
@@ -293,7 +293,7 @@ def test_a_real_end_event_still_ends_the_stream(gw, raw, dialect):
     frames = oai_sse(["a", "b"]) if dialect == "openai" else anth_sse(["a", "b"])
     raw.enqueue(SSE_HEAD + chunked(*frames))
     resp = during(gw, raw, lambda: ask(gw, dialect, stream=True))
-    last = sse_frames(resp.body)[-1]
+    last = parse_sse(resp.body)[-1]
     assert last == ((None, "[DONE]") if dialect == "openai" else ("message_stop", '{"type": "message_stop"}'))
 
 
@@ -337,7 +337,7 @@ def test_a_stream_to_an_http_1_0_client_is_not_chunked(gw, raw):
             received += chunk
     head, _, events = received.partition(b"\r\n\r\n")
     assert b"transfer-encoding" not in head.lower() and events.startswith(b"data: {")
-    assert [d for _, d in sse_frames(events)][-1] == "[DONE]" and b'"a"' in events and b'"b"' in events
+    assert [d for _, d in parse_sse(events)][-1] == "[DONE]" and b'"a"' in events and b'"b"' in events
 
 
 # --- headers -------------------------------------------------------------------------------------
@@ -451,7 +451,7 @@ def test_a_key_in_an_in_stream_error_after_the_200_is_redacted(gw, raw, dialect,
 
     raw.enqueue(reply)
     resp = during(gw, raw, lambda: ask(gw, dialect, stream=True))
-    frames = sse_frames(resp.body)
+    frames = parse_sse(resp.body)
     assert "[redacted] revoked" in json.loads(frames[-1][1])["error"]["message"]
     for key in KEYS:
         assert key not in resp.body.decode() and spell(key) not in resp.body.decode()

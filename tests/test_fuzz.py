@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import GATEWAY_ENV, ROOT, anthropic_client, openai_client, start_gateway
-from reliability_util import (CLAUDE, USER, anth_sse, assert_dialect_error, config, fd_count, health, oai_sse, post,
-                              sse_frames)
+from fakes import parse_sse
+from reliability_util import CLAUDE, USER, anth_sse, assert_dialect_error, config, fd_count, health, oai_sse, post
 
 GPT = "gpt-4o-mini"
 LIMIT = 1 << 20  # max_body_size of the fuzz gateway: 1 MB
@@ -81,7 +81,7 @@ def assert_ok_or_dialect_error(path, resp):
 
 def assert_well_formed_stream(dialect, raw):
     """Every event is JSON; the stream ends with the dialect's end, or with its error event."""
-    frames = sse_frames(raw)
+    frames = parse_sse(raw)
     assert frames, raw[:300]
     for name, data in frames:
         if data == "[DONE]":
@@ -591,7 +591,7 @@ def test_random_wrong_events_from_providers_give_a_well_formed_stream(gw, fakes,
         assert resp.status == 200, resp.body[:300]
         if path == "/v1/chat/completions" and model == GPT or path == "/v1/messages" and model == CLAUDE:
             # same dialect: bytes pass through; only the framing and the JSON are the gateway's to check
-            for _, d in sse_frames(resp.body):
+            for _, d in parse_sse(resp.body):
                 assert d == "[DONE]" or isinstance(json.loads(d), dict)
         else:
             assert_well_formed_stream(ENDPOINTS[path], resp.body)

@@ -19,8 +19,9 @@ import openai
 import pytest
 
 from conftest import GATEWAY_ENV, anthropic_client, openai_client, start_gateway
+from fakes import parse_sse
 from reliability_util import (CLAUDE, USER, BlackHole, anth_sse, assert_dialect_error, closed_port, config,
-                              fd_count, health, oai_sse, post, settle, sse_frames, wait_for)
+                              fd_count, health, oai_sse, post, settle, wait_for)
 
 GPT = "gpt-4o-mini"
 OAI_500 = {"error": {"message": "The server had an error while processing your request.", "type": "server_error",
@@ -613,7 +614,7 @@ def test_mid_stream_failure_on_the_wire(plain_gw, fakes, kind, path, model):
     fake.enqueue(chunks=chunks, **kw)
     resp = post(plain_gw.url, path, {"model": model, "max_tokens": 5, "stream": True, "messages": USER}, timeout=5)
     assert resp.status == 200
-    frames = sse_frames(resp.body)
+    frames = parse_sse(resp.body)
     assert resp.body.endswith(b"\n\n")
     for name, data in frames:  # every event is well-formed JSON (never garbage passed on)
         assert data == "[DONE]" or isinstance(json.loads(data), dict), data

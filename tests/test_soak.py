@@ -20,7 +20,8 @@ from collections import Counter
 import pytest
 
 from conftest import GATEWAY_ENV, start_gateway
-from reliability_util import (CLAUDE, USER, closed_port, config, fd_count, health, post, rss_kb, settle, sse_frames,
+from fakes import parse_sse
+from reliability_util import (CLAUDE, USER, closed_port, config, fd_count, health, post, rss_kb, settle,
                               wait_for)
 
 GPT = "gpt-4o-mini"
@@ -71,7 +72,7 @@ def _check(kind, resp):
         assert ("error" in err) and (path == _OAI or err["type"] == "error"), (name, err)
         return
     if body.get("stream"):
-        frames = sse_frames(resp.body)
+        frames = parse_sse(resp.body)
         last = frames[-1]
         assert last[1] == "[DONE]" if path == _OAI else last[0] == "message_stop", (name, frames[-2:])
         text = "".join(json.loads(d)["choices"][0]["delta"].get("content") or "" for _, d in frames
