@@ -259,15 +259,9 @@ def gw_content(openai_fake, anthropic_fake, ollama_fake, collector, log_dir):
 
 
 @pytest.fixture
-def oai(gw):
-    with openai_client(gw) as client:
-        yield client
-
-
-@pytest.fixture
-def anth(gw):
-    with anthropic_client(gw) as client:
-        yield client
+def gateway(gw):
+    """This module's gateway for conftest's `oai` and `anth` clients."""
+    return gw
 
 
 # -- 1. metrics -------------------------------------------------------------------------

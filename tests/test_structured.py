@@ -13,7 +13,7 @@ import json
 import pytest
 from pydantic import BaseModel
 
-from conftest import GATEWAY_ENV, anthropic_client, gateway_config, openai_client, start_gateway
+from conftest import GATEWAY_ENV, gateway_config, start_gateway
 from fakes import Turn
 from translate_util import CLAUDE, GPT, USER
 
@@ -58,15 +58,9 @@ def providers_answer_as_asked(openai_fake, anthropic_fake):
 
 
 @pytest.fixture
-def oai(gw):
-    with openai_client(gw) as client:
-        yield client
-
-
-@pytest.fixture
-def anth(gw):
-    with anthropic_client(gw) as client:
-        yield client
+def gateway(gw):
+    """This module's gateway for conftest's `oai` and `anth` clients."""
+    return gw
 
 
 # --- OpenAI client, Claude model ------------------------------------------------------------
