@@ -15,7 +15,6 @@ import subprocess
 import threading
 import time
 
-import anthropic
 import openai
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -18,7 +18,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from conftest import (GATEWAY_ENV, SHARED_REDIS, anthropic_client, gateway_config, openai_client, redis_keys,
                       start_gateway)
 from fakes import Turn, named_sse, parse_sse, responses_events, token_count, vector, vector_json
-from translate_util import (CLAUDE, GPT, LLAMA, anth_message, anth_sse, anthropic_events, oai_chunk, oai_completion,
+from translate_util import (CLAUDE, GPT, LLAMA, anth_message, anthropic_events, oai_chunk, oai_completion,
                             oai_sse, raw_post)
 
 VECTORS = "openai_responses"

@@ -8,7 +8,6 @@ the CLI before this module is imported), so any worker answers a scrape with
 the sum of all of them, and `/v1/usage` is read from the same counters (or,
 with Redis configured, from the totals every replica adds there).
 """
-import json
 import os
 import sys
 import time

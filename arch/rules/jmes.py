@@ -9,7 +9,7 @@ interpreter, so every valid expression still works.
 """
 import operator
 
-from jmespath.visitor import _is_actual_number, _is_comparable, _is_special_number_case
+from jmespath.visitor import _is_comparable, _is_special_number_case
 
 _CHECKED = {"number", "array-number", "expref"}  # argument types whose functions keep jmespath's checks
 _ORDER = {"lt": operator.lt, "gt": operator.gt, "lte": operator.le, "gte": operator.ge}
