@@ -48,16 +48,21 @@ def client(gw):
     return openai_client(gw)
 
 
+def assert_answers(c):
+    """The provider's answer reaches the client whole and streamed."""
+    r = c.chat.completions.create(model="gpt-4o-mini", messages=USER)
+    assert r.choices[0].message.content == "Hello from gpt-4o-mini!"
+    text = "".join(ch.choices[0].delta.content or "" for ch in
+                   c.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True) if ch.choices)
+    assert text == "Hello from gpt-4o-mini!"
+
+
 def test_https_provider_non_stream_and_stream(tls_fake):
     assert tls_fake.url.startswith("https://")
     gw = start_gateway(config(tls_fake), env={**GATEWAY_ENV, "SSL_CERT_FILE": str(tls_fake.cert)})
     try:
         with client(gw) as c:
-            r = c.chat.completions.create(model="gpt-4o-mini", messages=USER)
-            assert r.choices[0].message.content == "Hello from gpt-4o-mini!"
-            text = "".join(ch.choices[0].delta.content or "" for ch in
-                           c.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True) if ch.choices)
-            assert text == "Hello from gpt-4o-mini!"
+            assert_answers(c)
         assert tls_fake.last["headers"]["authorization"] == "Bearer sk-openai-secret"
         assert len(tls_fake.requests) == 2
     finally:
@@ -84,11 +89,7 @@ def test_https_provider_through_https_proxy_uses_connect(tls_fake):
         gw = start_gateway(config(tls_fake), env=env)
         try:
             with client(gw) as c:
-                r = c.chat.completions.create(model="gpt-4o-mini", messages=USER)
-                assert r.choices[0].message.content == "Hello from gpt-4o-mini!"
-                text = "".join(ch.choices[0].delta.content or "" for ch in
-                               c.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True) if ch.choices)
-                assert text == "Hello from gpt-4o-mini!"
+                assert_answers(c)
             assert "u:p@ss" not in gw.output() and "p%40ss" not in gw.output()
         finally:
             gw.stop()

@@ -105,7 +105,7 @@ _MISSING = object()
 
 def computed(root, raw, name, compute):
     """A computed fact of this request, computed on its first use and kept in the root (where
-    other rule lists of the same request, and rules compiled as closures, find it)."""
+    other rule lists of the same request, and nodes compiled by `arch/rules/jmes.py`, find it)."""
     value = root.get(name, _MISSING)
     if value is _MISSING:
         value = root[name] = compute(root, raw)

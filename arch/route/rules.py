@@ -5,8 +5,8 @@ the first rule whose `when` holds decides.
 Every request runs the list, usually to its end (most requests match no rule),
 so at load the whole list becomes the source of one Python function: the
 common expressions (paths, comparisons with a literal, `&&`, `||`, `!`) as
-inline Python with JMESPath's semantics, any other node through the closures
-of the translation rules' compiler (`arch/rules/jmes.py`). A fact, a header or
+inline Python with JMESPath's semantics, any other node through the function
+the translation rules' compiler (`arch/rules/jmes.py`) makes of it. A fact, a header or
 a computed fact, is read once, just before the first rule that needs it, so a
 request pays only for the facts of the rules it reaches.
 """
@@ -24,7 +24,7 @@ from arch.rules.jmes import _equals, _steps, compile_node
 _INTERPRETER = rule_interpreter({})
 ROOT = ("model", "body", "headers", "dialect", "stream")  # what `facts.facts` puts in every root
 _ORDER = {"lt": "<", "gt": ">", "lte": "<=", "gte": ">="}
-MAX_DEPTH = 300  # levels of a `when`: within what the closures' compiler recurses through
+MAX_DEPTH = 300  # levels of a `when`: within what the compilers recurse through
 TYPES = {"stream": bool, "has_images": bool, "has_tools": bool, "has_thinking": bool, "input_tokens": int}
 
 
@@ -146,10 +146,10 @@ class _Source:
             return f"({t} if {false} else {b})" if kind == "and_expression" else f"({b} if {false} else {t})"
         if kind == "not_expression":  # true or false
             return self.truth(node)
-        return self.closure(node)
+        return self.compiled(node)
 
-    def closure(self, node):
-        """The node's closure, called on the root (which holds every computed fact it names)."""
+    def compiled(self, node):
+        """The node compiled by `arch/rules/jmes.py`, called on the root (which holds every computed fact it names)."""
         return f"{self.name(compile_node(node, _INTERPRETER))}(root)"
 
     def path(self, steps):
@@ -205,13 +205,13 @@ def compile_list(rules, model_facts):
     loaded = set()
     for n, rule in enumerate(rules):
         source.needed = {}
-        for fact in sorted(rule.reads):  # closures read computed facts from the root: there first
+        for fact in sorted(rule.reads):  # compiled nodes read computed facts from the root: there first
             source.root_field(fact)
         try:
             test = source.truth(rule.when)
             compile(test, "<routing rule>", "eval")
         except (SyntaxError, RecursionError, MemoryError):  # nested deeper than Python's parser goes
-            test = source.truthy(source.closure(rule.when))
+            test = source.truthy(source.compiled(rule.when))
         for local, load in source.needed.items():
             if local not in loaded:
                 loaded.add(local)

@@ -1,11 +1,11 @@
-"""JMESPath expressions compiled to Python closures, once, at load.
+"""JMESPath expressions compiled to Python, once, at load.
 
 jmespath evaluates by walking its syntax tree for every call: a method lookup
 and a frame per node. The rules run a few dozen expressions per translated
 request and several per stream event, so here each tree is turned once into
-nested closures with the same semantics as jmespath's TreeInterpreter (which
-this follows node for node). Node kinds the rules do not use fall back to that
-interpreter, so every valid expression still works.
+the source of one Python function with the same semantics as jmespath's
+TreeInterpreter (which this follows node for node). Node kinds the rules do
+not use fall back to that interpreter, so every valid expression still works.
 """
 import operator
 
