@@ -3,7 +3,7 @@ routing rules) against jmespath itself.
 
 Every expression in the built-in rules, and a set covering each kind of node,
 is evaluated both ways on the recorded vectors and on random JSON: same value,
-or the same kind of error. This is what lets the rules run as closures. A
+or the same kind of error. This is what lets the rules run as compiled functions. A
 routing rule list, compiled into one function, holds exactly when jmespath
 finds its `when` true (a rule jmespath fails on does not hold).
 """
@@ -31,7 +31,7 @@ EVERY_KIND = [
     "a[?b == `1`].c", "a[?b > `1`]", "a[?!b]", "!a", "!`0`", "a || b", "a && b", "a == b", "a != b",
     "a < b", "a >= `2`", "`\"x\"` < `1`", "{x: a, y: b}", "[a, b]", "a | [0]", "@", "length(a)",
     "sort_by(a, &b)", "max_by(a, &b)", "to_string(a)", "`[1, 2]`[?@ > `1`]", "'lit'", "a.{k: b}",
-    "a[?b == 'x'] | [0].c", "[a, b][]", "a.b[?c].d || `null`",
+    "a[?b == 'x'] | [0].c", "[a, b][]", "a.b[?c].d || `null`", "a < `1e999`", "a == `-1e999`", "a > 'b'",
 ]
 
 
@@ -114,7 +114,8 @@ ROUTING_WHEN = [
     "!(body.a == `0`)", "body.a == body.b", "body.a < body.b", "length(body.a) > `1`", "nothing",
     "nothing.a == `null`", "dialect == 'openai' && `0`", "`0`", "`\"\"`", "body.a[0] == `1`", "body.c[*].a",
     "model_facts.tools", "has_tools && model_facts && !(model_facts.tools)", "contains(last_user_message, 'py')",
-    "(body.a || body.b) == `2`", "!(body.a && body.b)", "body.a > body.b || body.b",
+    "(body.a || body.b) == `2`", "!(body.a && body.b)", "body.a > body.b || body.b", "input_tokens < `1e999`",
+    "body.a[?b > `1` && !c]",
 ]
 
 

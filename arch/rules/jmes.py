@@ -115,14 +115,12 @@ _SAME_VALUE = {"comparator", "or_expression", "and_expression", "not_expression"
                "multi_select_dict", "multi_select_list", "key_val_pair", "flatten"}
 
 
-def _truthy(name):
-    """JMESPath truth of the value in `name`: Python's, except that 0 is true."""
-    return f"({name} or {name}.__class__ is int or {name}.__class__ is float)"
-
-
 class _Source:
     """Python source for jmespath AST nodes. `cur` is always a plain name (the
-    current value); a value used twice is bound to a new name first."""
+    current value, `v` at the top); a value used twice is bound to a new name first.
+    The routing rules' compiler (`arch/route/rules.py`) is this one with its own `top`."""
+
+    types = {}  # field of the top value -> the type it always has: no checks where that is known
 
     def __init__(self, interpreter):
         self.interpreter = interpreter
@@ -145,13 +143,21 @@ class _Source:
             self.shared[steps] = name = f"_h{self.count}"
             self.hoisted.append((name, code))
 
+    def top(self, steps):
+        """(a name, the steps left) for `steps` looked up from the top: from the longest prefix already named."""
+        for k in range(len(steps), 0, -1):
+            if steps[:k] in self.shared:
+                return self.shared[steps[:k]], steps[k:]
+        return "v", steps
+
+    def typed(self, node, cur):
+        """The type `node`'s value always has, or None."""
+        return self.types.get(node["value"]) if cur == "v" and node["type"] == "field" else None
+
     def lookup(self, steps, cur):
-        """Code for `steps` looked up from `cur`, from the longest prefix already named."""
+        """Code for `steps` looked up from `cur` (from the top: where `top` says)."""
         if cur == "v":
-            for k in range(len(steps), 0, -1):
-                if steps[:k] in self.shared:
-                    cur, steps = self.shared[steps[:k]], steps[k:]
-                    break
+            cur, steps = self.top(steps)
         code = cur
         for step in steps:
             if step.__class__ is str:
@@ -182,6 +188,23 @@ class _Source:
         t = self.temp()
         return t, f"({t} := {code})"
 
+    def truthy(self, code):
+        """(a name holding `code`'s value, code whose truth is its JMESPath truth: Python's, but 0 is true)."""
+        t, bound = self.bind(code)
+        return t, f"({bound} or {t}.__class__ is int or {t}.__class__ is float)"
+
+    def truth(self, node, cur):
+        """Code whose truth is `node`'s JMESPath truth: where only that counts, cheaper than its value."""
+        kind = node["type"]
+        if kind in ("and_expression", "or_expression"):
+            a, b = (self.truth(c, cur) for c in node["children"])
+            return f"({a} {'and' if kind == 'and_expression' else 'or'} {b})"
+        if kind == "not_expression":
+            return f"(not {self.truth(node['children'][0], cur)})"
+        if kind == "comparator" or self.typed(node, cur) is bool:  # true, false or null
+            return self.expr(node, cur)
+        return self.truthy(self.expr(node, cur))[1]
+
     def on(self, node, code):
         """`node` evaluated with `code`'s value as the current value."""
         t, bound = self.bind(code)
@@ -210,13 +233,11 @@ class _Source:
         if kind == "comparator":
             return self.comparator(node, cur)
         if kind in ("or_expression", "and_expression"):
-            t, bound = self.bind(self.expr(children[0], cur))
+            t, true = self.truthy(self.expr(children[0], cur))
             other = self.expr(children[1], cur)
-            false = f"(not {bound} and {t}.__class__ is not int and {t}.__class__ is not float)"
-            return f"({other} if {false} else {t})" if kind == "or_expression" else f"({t} if {false} else {other})"
+            return f"({t} if {true} else {other})" if kind == "or_expression" else f"({other} if {true} else {t})"
         if kind == "not_expression":
-            t, bound = self.bind(self.expr(children[0], cur))
-            return f"(not {_truthy(t)} if {bound} is not _nothing else None)"
+            return self.truth(node, cur)
         if kind == "function_expression":
             args = ", ".join(self.expr(c, cur) for c in children)
             return f"{self.name(self.function(node['value']))}({args})"
@@ -230,10 +251,7 @@ class _Source:
         if kind in ("projection", "value_projection", "filter_projection"):
             t, bound = self.bind(self.expr(children[0], cur))
             e, r = self.temp(), self.temp()
-            keep = ""
-            if kind == "filter_projection":
-                k, kept = self.bind(self.expr(children[2], e))
-                keep = f"({kept} or {k}.__class__ is int or {k}.__class__ is float) and "
+            keep = f"{self.truth(children[2], e)} and " if kind == "filter_projection" else ""
             each = f"({r} := {self.expr(children[1], e)}) is not None"
             if kind == "value_projection":
                 return f"([{r} for {e} in {t}.values() if {keep}{each}] if isinstance({bound}, dict) else None)"
@@ -248,12 +266,14 @@ class _Source:
         const = right["value"] if right["type"] == "literal" else None
         if type(const) in (int, float) and op in ("eq", "ne"):  # a number never equals a boolean
             t, bound = self.bind(a)
-            same = f"({bound} == {const!r} and {t}.__class__ is not bool)"
+            same = f"({bound} == {self.const(const)} and {t}.__class__ is not bool)"
             return same if op == "eq" else f"(not {same})"
-        if type(const) in (int, float) and op in _ORDER:  # `x > `100``: the common case first
-            t, bound = self.bind(a)
+        if type(const) in (int, float, str) and op in _ORDER:  # `x > `100``, `x < 'b'`: the common case first
             symbol = {"lt": "<", "gt": ">", "lte": "<=", "gte": ">="}[op]
-            return (f"(({t} {symbol} {const!r}) if {bound}.__class__ is int or {t}.__class__ is float "
+            if self.typed(left, cur) is int:  # comparable, as the literal is (a string: TypeError, as in jmespath)
+                return f"({a} {symbol} {self.const(const)})"
+            t, bound = self.bind(a)
+            return (f"(({t} {symbol} {self.const(const)}) if {bound}.__class__ is int or {t}.__class__ is float "
                     f"or _is_comparable({t}) else None)")
         b = self.expr(right, cur)
         if op == "eq":
