@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """What a gateway key with limits in Redis costs a request, in parts: the Python
 of admission (key, limits, counter names, rate-limit headers; the state
-answering at once), the RESP encoding and parsing, and the Redis round trip of
-the admission script, back to back and after the process slept 0.4 ms (as a
-gateway at one connection does between requests: the wake-ups are in it).
+answering at once), the RESP encoding and parsing, an admission from a lease,
+and the Redis round trip of the admission script when Redis must be asked,
+back to back and after the process slept 0.4 ms (as a gateway at one
+connection does between requests: the wake-ups are in it).
 
     python benchmarks/admission_micro.py [--n 20000] [--redis redis://127.0.0.1:6379/0]
 
@@ -63,9 +64,9 @@ def main():
           f"{us(lambda: _step(admission.admit(key, 'gpt-4o-mini', body, headers, dialect, 'rid'))):.1f} µs")
     command = ["EVALSHA", ADMIT.sha, 4, "{archmicro}:w:k:bench:requests:minute:29000000",
                "{archmicro}:w:k:bench:tokens:minute:29000000", "{archmicro}:-", "{archmicro}:-", 2, 1764500000000,
-               "", "", "", "", 1000000000, 1, 1764500060000, 10 ** 12, 1100, 1764500060000]
+               "", "", "", "", 1000000000, 1, 1764500060000, 0, 16, 10 ** 12, 1100, 1764500060000, 0, 16]
     print(f"encode the admission command: {us(lambda: _encode(command)):.1f} µs")
-    reply = b"*2\r\n:0\r\n*2\r\n:12\r\n:34567\r\n"
+    reply = b"*3\r\n:0\r\n*2\r\n:12\r\n:34567\r\n*2\r\n:0\r\n:0\r\n"
     print(f"parse its reply: {us(lambda: _parse(reply, 0)):.1f} µs")
 
     async def round_trips():
@@ -73,19 +74,20 @@ def main():
         now = time.time()
         counters = [("w:k:bench:requests:minute:1", 10 ** 9, 1, now + 60),
                     ("w:k:bench:tokens:minute:1", 10 ** 12, 500, now + 60)]
-        await state.admit(counters, None, None, now)
-        for label, pause in (("back to back", 0), ("after 0.4 ms asleep", 0.0004)):
+        parallel = ("p:bench", 10 ** 9, "rid", now + 3600)  # a parallel slot is never leased: Redis is asked
+        await state.admit(counters, parallel, None, now)
+        for label, slot, pause in (("from a lease", None, 0), ("asking Redis, back to back", parallel, 0),
+                                   ("asking Redis, after 0.4 ms asleep", parallel, 0.0004)):
             took = []
             for _ in range(2000):
                 if pause:
                     time.sleep(pause)
                 t = time.perf_counter()
-                await state.admit(counters, None, None, now)
+                await state.admit(counters, slot, None, now)
                 took.append(time.perf_counter() - t)
             took.sort()
-            print(f"admission round trip to Redis, {label}: p50 {took[1000] * 1e6:.0f} µs, "
-                  f"p90 {took[1800] * 1e6:.0f} µs")
-        await state.redis.execute("DEL", *(state.tag + c[0] for c in counters))
+            print(f"admission {label}: p50 {took[1000] * 1e6:.1f} µs, p90 {took[1800] * 1e6:.1f} µs")
+        await state.redis.execute("DEL", *(state.tag + c[0] for c in counters), state.tag + parallel[0])
         state.redis.close()
 
     try:

@@ -97,9 +97,29 @@ def test_tokens_admitted_within_one_request_of_the_limit(replicas):
 
 
 def test_rate_limit_headers_count_every_replica(replicas):
-    """Each answer's remaining requests, read from the counts the admission script returned,
-    is one fewer than the previous answer's, whichever replica gave it."""
-    check_rate_limit_headers(limited_answers(replicas, KEYS["hdr"]), HEADER_LIMITS)
+    """Each answer's remaining requests count the requests every replica made before it asked
+    Redis, and then its own one by one."""
+    check_rate_limit_headers(limited_answers(replicas, KEYS["hdr"]), HEADER_LIMITS, len(replicas))
+
+
+def test_a_replica_that_stops_gives_back_its_leases(openai_fake, anthropic_fake, ollama_fake):
+    """A lease is counted in Redis at once; what a replica leased and did not use goes back when
+    it shuts down, not only a second later."""
+    prefix = f"archtest-{os.urandom(6).hex()}"
+    config = replica_config((openai_fake, anthropic_fake, ollama_fake), SHARED_REDIS, prefix)
+    config["gateway_keys"] = [{"name": "lease", "key": "kl-lease", "limits": {"requests_per_day": 1600}}]
+    gw = start_gateway(config, env=GATEWAY_ENV)
+    counter = f"{{{prefix}}}:w:k:lease:requests:day:{int(time.time() // 86400)}"
+    read = lambda: os.popen(f"redis-cli GET '{counter}'").read().strip()  # noqa: E731
+    try:
+        with openai_client(gw, "kl-lease") as oai:
+            for _ in range(3):
+                oai.chat.completions.create(model="gpt-4o-mini", messages=USER)
+        assert read() == "100"  # the first request and a lease of 1599 // 16, two requests from it
+    finally:
+        gw.stop()
+    assert read() == "3"
+    os.popen(f"redis-cli DEL '{counter}'").read()
 
 
 def cost(answer):

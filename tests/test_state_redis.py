@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from arch.state.leases import LEASE_SECONDS
 from arch.state.redis import Redis, ReplyError, Script, StateError
 from arch.state.shared import RedisState
 
@@ -65,40 +66,98 @@ def test_pipelined_replies_reach_their_own_callers(redis_prefix):
     run(go())
 
 
-def test_held_commands_leave_with_the_next_command_or_after_the_hold(redis_prefix):
+def test_commands_sent_together_keep_their_order_and_their_own_errors(redis_prefix):
     async def go():
-        r, other = Redis("redis://127.0.0.1:6379/0", hold=0.3), Redis("redis://127.0.0.1:6379/0")
-        k = f"{redis_prefix}:held"
-        await r.get(k)  # connected
-        first = asyncio.ensure_future(r.execute("SET", k, "1", later=True))
-        await asyncio.sleep(0.1)
-        assert not first.done() and await other.get(k) is None  # not sent yet
-        assert await r.get(k) == b"1"  # went ahead of the next command, in the same write
-        assert await first == b"OK"
-        late = asyncio.ensure_future(r.execute("SET", k, "2", later=True))
-        await asyncio.sleep(0.1)
-        assert await other.get(k) == b"1"
-        await asyncio.wait_for(late, 1)  # no command came: sent after the hold
-        assert await other.get(k) == b"2"
+        r = Redis("redis://127.0.0.1:6379/0")
+        k = f"{redis_prefix}:many"
+        replies = await r.execute_many(("SET", k, "1"), ("NOSUCHCOMMAND",), ("INCR", k))
+        assert replies[0] == b"OK" and isinstance(replies[1], ReplyError) and replies[2] == 2
         r.close()
+    run(go())
+
+
+USAGE_ROW = (("k", "m", "", "p", "requests"), 1)
+
+
+def test_settlements_are_summed_and_leave_together(redis_prefix):
+    """Spend goes to Redis at once (other replicas must see a budget run out); the rest waits,
+    summed, for the hold, or goes ahead of this process's next read."""
+    async def go():
+        state = RedisState("redis://127.0.0.1:6379/0", prefix=redis_prefix, hold=0.3)
+        other = Redis("redis://127.0.0.1:6379/0")
+        usage = state.tag + "usage"
+        state.settle([], None, ("b:k", 0.5, time.time() + 60), [USAGE_ROW])
+        await asyncio.sleep(0.1)
+        assert await other.get(state.tag + "b:k") == b"0.5"
+        state.settle([], None, None, [USAGE_ROW])
+        state.settle([], None, None, [USAGE_ROW])
+        await asyncio.sleep(0.1)
+        assert await other.execute("HGETALL", usage) == [b'["k", "m", "", "p", "requests"]', b"1"]  # held
+        assert await state.usage() == [(USAGE_ROW[0], 3.0)]  # they went ahead of the read
+        state.settle([], None, None, [USAGE_ROW])
+        await asyncio.sleep(0.5)  # no command came: sent after the hold
+        assert await other.execute("HGET", usage, '["k", "m", "", "p", "requests"]') == b"4"
+        state.redis.close()
         other.close()
     run(go())
 
 
-def test_settling_holds_usage_but_never_spend(redis_prefix):
-    """Spend goes to Redis at once (other replicas must see a budget run out); the rest of a
-    settlement waits for the process's next command."""
+def counter(limit, cost, name="w:c"):
+    return name, limit, cost, time.time() + 60
+
+
+def test_a_lease_admits_without_redis_and_what_it_left_goes_back(redis_prefix):
     async def go():
         state = RedisState("redis://127.0.0.1:6379/0", prefix=redis_prefix)
-        state.redis.hold = 30  # held means: not sent during this test
-        row = [(("k", "m", "", "p", "requests"), 1)]
-        await asyncio.wait_for(state.settle([], None, ("b:k", 0.5, time.time() + 60), row), 5)
-        held = asyncio.ensure_future(state.settle([], None, None, row))
-        await asyncio.sleep(0.1)
-        assert not held.done()
-        assert await state.usage() == [(("k", "m", "", "p", "requests"), 2.0)]  # the held one went first
-        assert held.done()
+        other = Redis("redis://127.0.0.1:6379/0")
+        name = state.tag + "w:c"
+        c = [counter(1600, 1)]
+        assert await state.admit(c, None, None, time.time()) == (0, [0])
+        assert await other.get(name) == b"100"  # the request and a lease of 1599 // 16
+        for n in range(1, 100):  # the lease: Redis is not asked
+            assert await state.admit(c, None, None, time.time()) == (0, [n])
+        assert await other.get(name) == b"100"
+        assert await state.admit(c, None, None, time.time()) == (0, [100])
+        assert await other.get(name) == b"194"  # the next lease: 1499 // 16
+        await asyncio.sleep(LEASE_SECONDS + 0.2)
+        assert await other.get(name) == b"101"  # unused, it went back
         state.redis.close()
+        other.close()
+    run(go())
+
+
+def test_a_lease_too_small_for_a_request_goes_back_with_it(redis_prefix):
+    async def go():
+        state = RedisState("redis://127.0.0.1:6379/0", prefix=redis_prefix)
+        other = Redis("redis://127.0.0.1:6379/0")
+        name = state.tag + "w:c"
+        await state.admit([counter(1700, 100)], None, None, time.time())
+        assert await other.get(name) == b"200"  # a lease of 100: one more such request
+        await state.admit([counter(1700, 60)], None, None, time.time())
+        assert await other.get(name) == b"200"  # from the lease, 40 left
+        await state.admit([counter(1700, 100)], None, None, time.time())
+        # the 40 went back, and no lease: 1340 // 16 covers no request of 100
+        assert await other.get(name) == b"260" and not state.leases.held
+        state.redis.close()
+        other.close()
+    run(go())
+
+
+def test_leases_over_three_processes_admit_exactly_the_limit(redis_prefix):
+    """Three processes' worth of state (three connections, three sets of leases), one counter:
+    3,000 requests at once, exactly 1,000 admitted, and Redis counted exactly those."""
+    async def go():
+        states = [RedisState("redis://127.0.0.1:6379/0", prefix=redis_prefix) for _ in range(3)]
+        c = [counter(1000, 1)]
+        admitted = 0
+        for batch in range(0, 3000, 60):
+            codes = await asyncio.gather(*(states[i % 3].admit(c, None, None, time.time())
+                                           for i in range(batch, batch + 60)))
+            admitted += sum(code == 0 for code, _ in codes)
+        assert admitted == 1000
+        assert await states[0].redis.get(states[0].tag + "w:c") == b"1000"
+        for state in states:
+            state.redis.close()
     run(go())
 
 

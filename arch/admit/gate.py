@@ -9,7 +9,6 @@ call to the state backend. A configuration with no gateway keys, no
 rate-limit headers for its answer); `settle` corrects it with what the provider
 reported, after the answer, without the client waiting.
 """
-import asyncio
 import logging
 import time
 
@@ -44,6 +43,7 @@ class Admission:
         self.rules = ratelimit_rules(config.ratelimits, routes)
         self.limits = {} if self.keys is None else {k: key_limits(k) for k in self.keys.by_digest.values()}
         self.state = state
+        state.on_error = self._settle_failed  # the backend outlives reloads: the newest Admission logs
         self.fail_open = config.fail_open
         self._state_down = False
 
@@ -138,12 +138,9 @@ class Admission:
             rows.append(((*fields, "cost_usd"), usd))
         budget = ticket.budget and (ticket.budget[0], usd or 0, ticket.budget[1])
         parallel = ticket.parallel and (ticket.parallel, ticket.rid)
-        asyncio.ensure_future(self._settle(deltas, parallel, budget, rows))  # nobody waits for it
+        self.state.settle(deltas, parallel, budget, rows)  # sent later, nobody waits for it
 
-    async def _settle(self, deltas, parallel, budget, rows):
-        try:
-            await self.state.settle(deltas, parallel, budget, rows)
-        except StateError as e:
-            STATE_ERRORS.labels("settle", "fail_open" if self.fail_open else "fail_closed").inc()
-            if not self._state_down:  # while it is down, said once by admit()
-                log.warning("shared state: could not record a request's usage (%s)", e)
+    def _settle_failed(self, error):
+        STATE_ERRORS.labels("settle", "fail_open" if self.fail_open else "fail_closed").inc()
+        if not self._state_down:  # while it is down, said once by admit()
+            log.warning("shared state: could not record the usage of answers (%s)", error)

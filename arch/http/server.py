@@ -212,6 +212,8 @@ def serve(gateway, address, bound, workers=1):
                 failed.append(len(cut))
                 while gateway.active and loop.time() < deadline + 2:  # their errors and access-log lines
                     await asyncio.sleep(0.02)
+            if gateway.runtime.admission is not None:  # unused leases, usage not sent yet
+                await gateway.runtime.admission.state.flush()
             await tracer.flush()  # spans still waiting for their batch
             loop.stop()
 

@@ -57,7 +57,7 @@ class MemoryState:
             running[rid] = expires
         return 0, used
 
-    async def settle(self, deltas, parallel, budget, usage):
+    def settle(self, deltas, parallel, budget, usage):
         for name, delta in deltas:
             entry = self.counters.get(name)
             if entry is not None:
@@ -74,6 +74,9 @@ class MemoryState:
 
     async def usage(self):
         return None  # the Prometheus counters have it
+
+    async def flush(self):
+        pass
 
     def _sweep(self, now):
         for table in (self.counters, self.spent):

@@ -8,12 +8,6 @@ the command raise `StateError` at once, and for `retry_interval` seconds after
 that every command fails fast without touching the network (a dead Redis must
 not cost each request a timeout). The next command after that reconnects.
 
-A command sent with `later=True` (a write nobody waits for, such as the usage
-recorded after an answer) is held and leaves with the next command, ahead of
-it, or after `hold` seconds when none comes: it costs no write, no Redis
-wake-up and no reply read of its own, and still reaches Redis before any
-command this process sends after it.
-
 The interface other stages use:
 
     redis = Redis("redis://127.0.0.1:6379/0")
@@ -22,7 +16,7 @@ The interface other stages use:
     await redis.delete(key, ...)               # how many existed
     await redis.eval(SCRIPT, keys, args)       # SCRIPT = Script(lua_source)
     await redis.execute("HGETALL", key)        # any other command
-    await redis.eval(SCRIPT, keys, args, later=True)   # held: see above
+    await redis.execute_many(cmd1, cmd2)       # in one write, in order: [reply or ReplyError, ...]
     redis.close()
 
 `eval` sends EVALSHA (the script's SHA1, not its text) and falls back to EVAL
@@ -110,8 +104,6 @@ class _Connection(asyncio.Protocol):
         self.waiting = deque()   # (future, deadline), oldest first
         self.watchdog = None     # one timer for the oldest deadline, not one per command
         self.pending = []        # commands written together at the end of this loop iteration
-        self.held = []           # (future, command) to go with the next command (later=True)
-        self.hold_timer = None   # sends them if no command comes first
         self.buf = bytearray()
         self.on_lost = on_lost
 
@@ -126,7 +118,7 @@ class _Connection(asyncio.Protocol):
         self.pending.append(data)
 
     def flush(self):
-        if self.transport is not None and self.pending:
+        if self.transport is not None and self.pending and not self.transport.is_closing():
             self.transport.write(b"".join(self.pending))
         self.pending.clear()
 
@@ -154,12 +146,9 @@ class _Connection(asyncio.Protocol):
         self.close(StateError(f"Redis connection lost ({exc or 'closed by the server'})"))
 
     def close(self, error):
-        for timer in (self.watchdog, self.hold_timer):
-            if timer is not None:
-                timer.cancel()
-        self.watchdog = self.hold_timer = None
-        self.waiting.extend(self.held)  # never sent: they fail with the rest
-        self.held.clear()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         if self.transport is not None:
             self.transport.abort()
             self.transport = None
@@ -173,7 +162,7 @@ class _Connection(asyncio.Protocol):
 class Redis:
     """A pipelined client for one Redis URL (redis://[user:password@]host:port/db)."""
 
-    def __init__(self, url, timeout=0.25, connect_timeout=0.5, retry_interval=1.0, hold=0.005):
+    def __init__(self, url, timeout=0.25, connect_timeout=0.5, retry_interval=1.0):
         u = urlparse(url)
         if u.scheme != "redis":
             raise ValueError(f"{url!r}: only redis:// URLs are supported")
@@ -182,7 +171,6 @@ class Redis:
         self.username = unquote(u.username) if u.username else None
         self.password = unquote(u.password) if u.password else None
         self.timeout, self.connect_timeout, self.retry_interval = timeout, connect_timeout, retry_interval
-        self.hold = hold
         self._conn = None
         self._connecting = None
         self._down_until = 0.0
@@ -233,34 +221,14 @@ class Redis:
         self._last_error = error
         self._down_until = asyncio.get_running_loop().time() + self.retry_interval
 
-    def _send(self, conn, args, later=False):
+    def _send(self, conn, args):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        if later:
-            conn.held.append((fut, _encode(args)))
-            if conn.hold_timer is None:
-                conn.hold_timer = loop.call_later(self.hold, self._release, conn)
-            return fut
-        if conn.held:
-            self._release(conn)
-        self._queue(conn, fut, _encode(args))
-        return fut
-
-    def _release(self, conn):
-        """Held commands leave now, in the order they were given."""
-        if conn.hold_timer is not None:
-            conn.hold_timer.cancel()
-            conn.hold_timer = None
-        for fut, data in conn.held:
-            self._queue(conn, fut, data)
-        conn.held.clear()
-
-    def _queue(self, conn, fut, data):
-        loop = asyncio.get_running_loop()
         conn.waiting.append((fut, loop.time() + self.timeout))
-        conn.write(data)
+        conn.write(_encode(args))
         if conn.watchdog is None:
             conn.watchdog = loop.call_later(self.timeout, self._watch, conn)
+        return fut
 
     def _watch(self, conn):
         """The oldest command must have its reply by its deadline, else the connection is not
@@ -277,15 +245,27 @@ class Redis:
         self._failed(error)
         conn.close(error)
 
-    async def execute(self, *args, later=False):
+    async def execute(self, *args):
         conn = await self._connection()
         try:
-            return await self._send(conn, args, later)
+            return await self._send(conn, args)
         except ReplyError:
             raise
         except StateError as e:
             self._failed(e)
             raise
+
+    async def execute_many(self, *commands):
+        """The commands in one write, in order, and their replies: an error reply is a ReplyError
+        in its place, not raised, so that the others' replies still count."""
+        conn = await self._connection()
+        replies = await asyncio.gather(*(self._send(conn, args) for args in commands), return_exceptions=True)
+        for r in replies:
+            if isinstance(r, BaseException) and not isinstance(r, ReplyError):
+                if isinstance(r, StateError):
+                    self._failed(r)
+                raise r
+        return replies
 
     async def get(self, key):
         return await self.execute("GET", key)
@@ -298,9 +278,9 @@ class Redis:
     async def delete(self, *keys):
         return await self.execute("DEL", *keys)
 
-    async def eval(self, script, keys=(), args=(), later=False):
+    async def eval(self, script, keys=(), args=()):
         try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args, later=later)
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
         except ReplyError as e:
             if not str(e).startswith("NOSCRIPT"):
                 raise
