@@ -119,8 +119,12 @@ def test_a_lease_admits_without_redis_and_what_it_left_goes_back(redis_prefix):
         assert await other.get(name) == b"100"
         assert await state.admit(c, None, None, time.time()) == (0, [100])
         assert await other.get(name) == b"194"  # the next lease: 1499 // 16
-        await asyncio.sleep(LEASE_SECONDS + 0.2)
-        assert await other.get(name) == b"101"  # unused, it went back
+        await asyncio.sleep(LEASE_SECONDS)
+        for _ in range(50):  # unused, it goes back (however slow this machine is)
+            if await other.get(name) == b"101":
+                break
+            await asyncio.sleep(0.05)
+        assert await other.get(name) == b"101"
         state.redis.close()
         other.close()
     run(go())
