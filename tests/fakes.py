@@ -84,10 +84,15 @@ class Turn:
     """One scripted assistant turn, dialect-neutral: each fake renders it in its own
     wire format. `text` is streamed piece by piece when it is a list; `tool_calls`
     are `(name, arguments dict)` pairs, given ids `call_<n>_<i>` (OpenAI) or
-    `toolu_<n>_<i>` (Anthropic), n the request number."""
+    `toolu_<n>_<i>` (Anthropic), n the request number. Anthropic only: `searches`
+    are web searches run by the provider after the text (a `server_tool_use` block
+    with id `srvtoolu_<n>_<i>` and its `web_search_tool_result` each), and `paused`
+    ends the turn with `pause_turn`."""
 
     text: str | list[str] = ""
     tool_calls: list[tuple[str, dict]] = field(default_factory=list)
+    searches: list[str] = field(default_factory=list)
+    paused: bool = False
 
     @property
     def pieces(self) -> list[str]:
@@ -132,6 +137,28 @@ def tool_loop(name: str, arguments: dict, answer=lambda result: f"The tool said:
         result = tool_result(req["body"])
         return Turn(tool_calls=[(name, arguments)]) if result is None else Turn(answer(result))
     return respond
+
+
+def pausing(times: int, answer: str = "Done."):
+    """A responder for `script()` (Anthropic): a web-searching turn the provider pauses
+    `times` times. The request's paused content so far (its last message, an assistant
+    one) says how many parts came before: each part `Part <k>. ` searches `query <k>`
+    and pauses; the part after the last pause answers `answer`."""
+    def respond(req):
+        messages = req["body"].get("messages") or []
+        last = messages[-1] if messages and messages[-1].get("role") == "assistant" else {}
+        done = sum(1 for b in last.get("content") or () if isinstance(b, dict) and b.get("type") == "server_tool_use")
+        if done >= times:
+            return Turn(answer)
+        return Turn(f"Part {done + 1}. ", searches=[f"query {done + 1}"], paused=True)
+    return respond
+
+
+def search_result(query: str) -> list[dict]:
+    """The results a fake web search for `query` finds (a `web_search_tool_result`'s content)."""
+    slug = query.replace(" ", "-")
+    return [{"type": "web_search_result", "url": f"https://example.com/{slug}", "title": f"About {query}",
+             "encrypted_content": f"enc-{slug}", "page_age": "April 30, 2025"}]
 
 
 # An SSE event ends at a blank line; split after it so each event keeps its terminator.
@@ -609,10 +636,15 @@ class FakeAnthropic(FakeProvider):
         usage = {"input_tokens": token_count(req["raw"]), "cache_creation_input_tokens": 0,
                  "cache_read_input_tokens": 0}
         blocks = ([{"type": "text", "text": "".join(pieces)}] if pieces or not turn.tool_calls else [])
+        for i, query in enumerate(turn.searches):
+            blocks += [{"type": "server_tool_use", "id": f"srvtoolu_{n}_{i}", "name": "web_search",
+                        "input": {"query": query}},
+                       {"type": "web_search_tool_result", "tool_use_id": f"srvtoolu_{n}_{i}",
+                        "content": search_result(query)}]
         blocks += [{"type": "tool_use", "id": f"toolu_{n}_{i}", "name": name, "input": args}
                    for i, (name, args) in enumerate(turn.tool_calls)]
-        stop = "tool_use" if turn.tool_calls else "end_turn"
-        output_tokens = len(pieces) + len(turn.tool_calls)
+        stop = "pause_turn" if turn.paused else "tool_use" if turn.tool_calls else "end_turn"
+        output_tokens = len(pieces) + len(turn.tool_calls) + len(turn.searches)
         message = {"id": f"msg_fake{n}", "type": "message", "role": "assistant", "model": body["model"],
                    "content": blocks, "stop_reason": stop, "stop_sequence": None,
                    "usage": {**usage, "output_tokens": output_tokens}}
@@ -624,6 +656,8 @@ class FakeAnthropic(FakeProvider):
             if block["type"] == "text":
                 start = {**block, "text": ""}
                 deltas = [{"type": "text_delta", "text": p} for p in pieces or [""]]
+            elif block["type"] == "web_search_tool_result":
+                start, deltas = block, []
             else:
                 start = {**block, "input": {}}
                 deltas = [{"type": "input_json_delta", "partial_json": json.dumps(block["input"])}]

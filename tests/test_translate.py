@@ -521,7 +521,7 @@ def test_anthropic_server_tools_on_openai_model_is_a_400_in_anthropic_envelope(a
 # --- stop reasons (non-stream) ------------------------------------------------------------------
 
 @pytest.mark.parametrize("stop_reason, finish", [
-    ("end_turn", "stop"), ("stop_sequence", "stop"), ("pause_turn", "stop"),
+    ("end_turn", "stop"), ("stop_sequence", "stop"),
     ("max_tokens", "length"), ("model_context_window_exceeded", "length"),
     ("tool_use", "tool_calls"), ("refusal", "content_filter"),
 ])

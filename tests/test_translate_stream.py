@@ -300,7 +300,7 @@ def test_compat_whole_tool_calls_without_index(anth, ollama_fake):
 # --- stop reasons, streamed ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stop_reason, finish", [
-    ("end_turn", "stop"), ("stop_sequence", "stop"), ("pause_turn", "stop"),
+    ("end_turn", "stop"), ("stop_sequence", "stop"),
     ("max_tokens", "length"), ("tool_use", "tool_calls"), ("refusal", "content_filter"),
 ])
 def test_stream_stop_reason_to_finish_reason(oai, anthropic_fake, stop_reason, finish):

@@ -25,6 +25,7 @@ from arch.errors import GatewayError
 from arch.http import body as request_body
 from arch.http.chunks import ChunkWriter
 from arch.rules.functions import estimate_tokens
+from arch.rules.resume import Resumable, merged
 from arch.rules.stream import Passthrough, StreamBroken, Translate, find_usage
 from arch.observe.tracing import tracer
 from arch.state.redis import StateError
@@ -414,19 +415,24 @@ class Chat(Base):
         data, translation, ask_usage = self._upstream_request(client, body, target)
         url, dialect = self._endpoint(target)
         provider = self.runtime.rules.dialects[dialect]
-        relay = None
+        relay = resume = None
         facts = translation and self.runtime.rules.models.get(target.model)
         if body.get("stream") is True:
             ctx = {"model": target.model, "request": body, "facts": facts.view if facts else {}}
-            max_event = target.policy.limits.event
-            relay = (Translate(translation.stream, ctx, client, provider, max_event)
-                     if translation else Passthrough(client, ask_usage, max_event))
+            limits = target.policy.limits
+            resume = Resumable(provider.pause, limits.body) if translation and provider.pause else None
+            relay = (Translate(translation.stream, ctx, client, provider, limits.event, resume)
+                     if translation else Passthrough(client, ask_usage, limits.event))
         self.exchange = exchange = _Exchange(self, client, provider, relay)
         self._keeping = (body, target)
         self.set_header("x-arch-upstream-model", target.model)
         if not await self._send(target, url, data, exchange):
             return
         if exchange.committed:
+            while resume is not None and resume.paused:
+                more = jsonio.dumps(resume.next_request(jsonio.loads(data)))
+                if not await self._continue_stream(client, provider, target, url, more, exchange):
+                    return
             if exchange.end() and self.keeps_answers and self._kept is None and relay.result is not None:
                 self.stream_answered(relay.result)
             if self._kept is not None:
@@ -435,7 +441,12 @@ class Chat(Base):
         elif 200 <= self.call.status < 300:
             raw = self.runtime.redact(b"".join(exchange.buffer))
             if translation:
-                out = translation.response(_json_object(raw, exchange.content_type, target), body, facts)
+                answer = _json_object(raw, exchange.content_type, target)
+                if provider.pause is not None and provider.pause.paused(answer):
+                    answer = await self._resumed(client, provider, target, url, data, answer, len(raw))
+                    if answer is None:
+                        return
+                out = translation.response(answer, body, facts)
                 self.record["usage"] = client.usage(out.get("usage"))
             else:
                 _check_whole_json(raw, exchange.content_type, self.call, target)
@@ -446,6 +457,37 @@ class Chat(Base):
             self.send_json(200, out)
         else:
             raise self._upstream_error(client, provider, exchange)
+
+    async def _continue_stream(self, client, provider, target, url, data, exchange):
+        """A paused turn's continuation, its events on the client's stream (arch/rules/resume.py).
+        False when there is nothing left to answer; a provider that refuses it fails the stream."""
+        exchange.buffer = []
+        exchange.relaying = False
+        if not await self._send(target, url, data, exchange):
+            return False
+        if not exchange.relaying:
+            exchange.fail(self._upstream_error(client, provider, exchange).message)
+            return False
+        return True
+
+    async def _resumed(self, client, provider, target, url, data, answer, size):
+        """A paused answer and its continuations as one answer (arch/rules/resume.py), or None
+        when the client went away. No more continuations past the count the rules allow, or
+        once the answers add up to `max_response_body`: the answer so far, cut."""
+        pause, request = provider.pause, jsonio.loads(data)
+        for _ in range(pause.max):
+            if not pause.paused(answer) or size > target.policy.limits.body:
+                break
+            exchange = _Exchange(self, client, provider, None)
+            more = jsonio.dumps(pause.request(request, answer.get("content") or []))
+            if not await self._send(target, url, more, exchange):
+                return None
+            if not 200 <= self.call.status < 300:
+                raise self._upstream_error(client, provider, exchange)
+            raw = self.runtime.redact(b"".join(exchange.buffer))
+            size += len(raw)
+            answer = merged(answer, _json_object(raw, exchange.content_type, target))
+        return {**answer, "stop_reason": pause.cut} if pause.paused(answer) else answer
 
     async def _send(self, target, url, data, exchange):
         """One call to the provider. False when there is nothing left to answer
@@ -602,10 +644,16 @@ class _Exchange:
         self.headers = {}
         self.content_type = ""
         self.committed = False
+        self.relaying = False  # the provider's stream events go to the client (a 2xx stream)
         self.writer = None   # the ChunkWriter, once the stream's head is out
         self.head_at = None  # when the provider's answer began (time.monotonic)
 
     def on_head(self, status, headers):
+        if self.committed:  # a paused turn's continuation, on the same client stream
+            self.relaying = 200 <= status < 300
+            if self.relaying:
+                self.handler.call.max_body = None
+            return
         self.head_at = time.monotonic()
         redact = self.handler.runtime.redact
         # passed on to the client: printable values only (a control character would break its response)
@@ -617,12 +665,12 @@ class _Exchange:
             h.set_status(200)
             h.set_header("Content-Type", "text/event-stream; charset=utf-8")
             h.set_header("Cache-Control", "no-cache")
-            self.committed = True
+            self.committed = self.relaying = True
             report.STREAMS.inc()
             self._write(self.relay.start())
 
     def on_data(self, chunk):
-        if not self.committed:
+        if not self.relaying:
             self.buffer.append(chunk)
             return
         try:
@@ -650,7 +698,8 @@ class _Exchange:
             h.record["ttft"] = time.perf_counter() - h.record["start"]
             h.write(data)
             h.flush()  # the response head and the first chunk; then chunks go straight to the socket
-            self.writer = ChunkWriter(h.request.connection, h.call.pause, h.call.resume)
+            # backpressure goes to the call of the moment (a paused turn's continuation is another)
+            self.writer = ChunkWriter(h.request.connection, lambda: h.call.pause(), lambda: h.call.resume())
 
     def end(self):
         """The provider finished: write what is left (True), or report that it stopped early."""

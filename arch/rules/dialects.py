@@ -22,6 +22,7 @@ from arch.errors import ConfigError, GatewayError
 from arch.rules.functions import RuleFunctions
 from arch.rules.jmes import compile_path
 from arch.rules.responses import ResponsesFunctions
+from arch.rules.resume import Pause
 from arch.rules.mapping import compile_expr, compile_mapping, compile_steps, truthy
 
 log = logging.getLogger("arch")
@@ -74,6 +75,8 @@ class Dialect:
         self._error_message = compile_expr(err["message"], interpreter, f"{where}: error.message")
         self._error_status = compile_expr(err["status"], interpreter, f"{where}: error.status")
         self._error_body = compile_expr(err["body"], interpreter, f"{where}: error.body")
+        # a provider that pauses long turns: continued for clients of other dialects (arch/rules/resume.py)
+        self.pause = Pause(spec["pause"], interpreter, where) if "pause" in spec else None
 
     def validate(self, body):
         """Raise a 400 naming the first offending field, in the request's own terms."""

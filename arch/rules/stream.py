@@ -178,10 +178,12 @@ class Translate(_Numbered):
     """One request's run of a declared stream state machine (a `stream:` rules section).
 
     All state lives here, per request: nothing is shared between streams (docs/wire-formats.md, pitfall 14).
-    A translation into a dialect with a final answer object keeps it, so far, in `s.response`."""
+    A translation into a dialect with a final answer object keeps it, so far, in `s.response`.
+    With `resume` (arch/rules/resume.py), the provider events of a paused turn and of its
+    continuations are translated as one stream."""
 
-    def __init__(self, program, ctx, client, provider, max_event):
-        self.program, self.client, self.provider = program, client, provider
+    def __init__(self, program, ctx, client, provider, max_event, resume=None):
+        self.program, self.client, self.provider, self.resume = program, client, provider, resume
         self.root = {"e": None, "s": program.new_state(), "c": ctx}
         self.parser = SSEParser(max_event)
         self.ended = False
@@ -229,6 +231,10 @@ class Translate(_Numbered):
                 event = jsonio.loads(data)
             except ValueError:
                 raise StreamBroken("the provider sent a malformed stream event") from None
+            if self.resume is not None and isinstance(event, dict):
+                event = self.resume.see(event, len(data))
+                if event is None:
+                    return
         if self.program.split is None:
             self._match(self.program.rules, event)
             return
