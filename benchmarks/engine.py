@@ -19,6 +19,7 @@ from sse_server import anthropic_events, openai_events, responses_events  # noqa
 
 from arch.config import DEFAULT_POLICY  # noqa: E402
 from arch.rules.load import load_rules  # noqa: E402
+from arch.rules.resume import Resumable  # noqa: E402
 from arch.rules.stream import Passthrough, Translate  # noqa: E402
 
 EVENTS = {"openai": openai_events, "anthropic": anthropic_events, "responses": responses_events}
@@ -30,7 +31,9 @@ def relay(rules, client, provider):
     if translation is None:
         return lambda: Passthrough(rules.dialects[client], False, max_event)
     ctx = {"model": "m", "request": {"model": "m", "stream": True, "messages": []}}
-    return lambda: Translate(translation.stream, ctx, rules.dialects[client], rules.dialects[provider], max_event)
+    pause = rules.dialects[provider].pause  # as the gateway does: a turn that may be paused is followed
+    return lambda: Translate(translation.stream, ctx, rules.dialects[client], rules.dialects[provider], max_event,
+                             pause and Resumable(pause, DEFAULT_POLICY["max_response_body"]))
 
 
 def main():
