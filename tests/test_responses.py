@@ -494,6 +494,12 @@ def test_store_is_bounded(openai_fake, anthropic_fake, ollama_fake):
             with pytest.raises(openai.NotFoundError):
                 client.responses.retrieve(ids[0])
             assert [client.responses.retrieve(i).id for i in ids[1:]] == ids[1:]
+            kept = client.responses.retrieve(ids[1]).output[0].id
+            client.responses.create(model=LLAMA, input=[{"type": "item_reference", "id": kept}], store=False)
+            client.responses.create(model=LLAMA, input="3")  # drops ids[1]
+            with pytest.raises(openai.BadRequestError) as e:   # its items are gone with it
+                client.responses.create(model=LLAMA, input=[{"type": "item_reference", "id": kept}])
+            assert kept in e.value.message
     finally:
         gw.stop()
 
@@ -569,6 +575,7 @@ def test_redis_unreachable_is_a_503_never_a_wait(openai_fake, anthropic_fake, ol
             try:
                 started = time.monotonic()
                 for call in (lambda: client.responses.create(model=LLAMA, input="two", previous_response_id=r1.id),
+                             lambda: client.responses.create(model=LLAMA, input=[{"id": r1.output[0].id}]),
                              lambda: client.responses.retrieve(r1.id),
                              lambda: client.responses.delete(r1.id),
                              lambda: client.responses.input_items.list(r1.id)):
@@ -590,6 +597,83 @@ def test_redis_unreachable_is_a_503_never_a_wait(openai_fake, anthropic_fake, ol
     finally:
         gw.stop()
     assert "not stored" in gw.output()
+
+
+# --- item_reference: items of stored responses named by id -------------------------------------
+
+ITEM_KEYS = {"a": "ki-secret-0001-a", "b": "ki-secret-0002-b"}
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_item_references_resolved_from_the_store(openai_fake, anthropic_fake, ollama_fake, redis_prefix, store):
+    """References to output items (a message; a function call, its output following) and to
+    input items (by the id `input_items` lists) reach chat and Anthropic models as the items;
+    OpenAI gets them as they are; an unknown id, or another key's, is a 400 naming it."""
+    config = gateway_config(openai_fake.url, anthropic_fake.url, ollama_fake.url)
+    config["gateway_keys"] = [{"name": name, "key": key} for name, key in ITEM_KEYS.items()]
+    if store == "redis":
+        config["state"] = {"redis": SHARED_REDIS, "prefix": redis_prefix, "responses": {"ttl": "1h"}}
+    gw = start_gateway(config, env=GATEWAY_ENV)
+    try:
+        with openai_client(gw, key=ITEM_KEYS["a"]) as a, openai_client(gw, key=ITEM_KEYS["b"]) as b:
+            r1 = a.responses.create(model=LLAMA, input="one")
+            asked = a.responses.input_items.list(r1.id).data[0].id
+            r2 = a.responses.create(model=CLAUDE, input=[
+                {"id": asked}, {"type": "item_reference", "id": r1.output[0].id}, {"role": "user", "content": "two"}])
+            assert [(m["role"], m["content"][0]["text"]) for m in anthropic_fake.last["body"]["messages"]] == [
+                ("user", "one"), ("assistant", f"Hello from {LLAMA}!"), ("user", "two")]
+            # stored as the items they named: the conversation goes on without the references
+            assert [i.type for i in a.responses.input_items.list(r2.id, order="asc").data] == ["message"] * 3
+            a.responses.create(model=LLAMA, input="three", previous_response_id=r2.id)
+            assert [m["content"] for m in ollama_fake.last["body"]["messages"]] == [
+                "one", f"Hello from {LLAMA}!", "two", f"Hello from {CLAUDE}!", "three"]
+
+            ollama_fake.enqueue(json=oai_completion({"tool_calls": [{
+                "id": "call_rome", "type": "function", "function": {"name": "get_weather", "arguments": '{"location":"Rome"}'}}]},
+                finish="tool_calls"))
+            r3 = a.responses.create(model=LLAMA, input="Weather?", tools=WEATHER)
+            call, weather = r3.output[0], a.responses.input_items.list(r3.id).data[0].id
+            then = [{"type": "item_reference", "id": weather},
+                    {"type": "item_reference", "id": call.id},
+                    {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}]
+            a.responses.create(model=CLAUDE, input=then, tools=WEATHER)
+            assert anthropic_fake.last["body"]["messages"] == [
+                {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "call_rome", "name": "get_weather",
+                                                   "input": {"location": "Rome"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_rome", "content": "sunny"}]}]
+            with a.responses.stream(model=LLAMA, input=then, tools=WEATHER) as stream:
+                stream.get_final_response()
+            sent = ollama_fake.last["body"]["messages"]
+            assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+            assert sent[1]["tool_calls"][0]["id"] == sent[2]["tool_call_id"] == "call_rome"
+            a.responses.create(model=GPT, input=then, tools=WEATHER)
+            assert openai_fake.last["body"]["input"] == then   # OpenAI resolves its own
+            own = {"type": "item_reference", "id": "fc_openai_own"}
+            a.responses.create(model=GPT, input=[then[1], own], previous_response_id=r1.id)  # rebuilt by the gateway:
+            assert [i.get("id") for i in openai_fake.last["body"]["input"][2:]] == [call.id, own["id"]]  # its own in place
+            assert openai_fake.last["body"]["input"][2]["type"] == "function_call"
+
+            for client, input_ in ((a, [{"role": "user", "content": "x"}, {"type": "item_reference", "id": "msg_nope"}]),
+                                   (b, [{"role": "user", "content": "x"}, {"type": "item_reference", "id": call.id}])):
+                for model in (LLAMA, CLAUDE):
+                    with pytest.raises(openai.BadRequestError) as e:
+                        client.responses.create(model=model, input=input_)
+                    assert e.value.body["param"] == "input[1]" and f"'{input_[1]['id']}'" in e.value.message
+            if store == "redis":
+                index = redis_keys(f"{redis_prefix}}}:item:a:")
+                assert f"{{{redis_prefix}}}:item:a:{call.id}" in index and not redis_keys(f"{redis_prefix}}}:item:b:")
+                ttl = int(subprocess.run(["redis-cli", "PTTL", index[0]], capture_output=True, text=True).stdout)
+                assert 3500_000 < ttl <= 3600_000
+            a.responses.delete(r3.id)   # its items go with it (the call stays: later inputs hold it too)
+            with pytest.raises(openai.BadRequestError) as e:
+                a.responses.create(model=CLAUDE, input=then, tools=WEATHER)
+            assert e.value.body["param"] == "input[0]" and weather in e.value.message
+            if store == "redis":
+                index = redis_keys(f"{redis_prefix}}}:item:a:")
+                assert f"{{{redis_prefix}}}:item:a:{weather}" not in index and f"{{{redis_prefix}}}:item:a:{call.id}" in index
+    finally:
+        gw.stop()
 
 
 # --- the reverse: Chat Completions clients of models served only by the Responses API -----------

@@ -15,7 +15,7 @@ from arch.errors import GatewayError
 from arch.http.handlers import Base, Chat, _Exchange
 from arch.route.resolve import first_target
 from arch.rules.responses import input_items
-from arch.state.responses import conversation, not_found, record
+from arch.state.responses import conversation, input_id, not_found, record, references, resolved
 
 DIALECT = "responses"
 log = logging.getLogger("arch")
@@ -45,20 +45,29 @@ class Create(Chat):
     async def _forward(self, client, body, route):
         self.keeps_answers = body.get("store") is not False  # store: false keeps nothing, no work after the answer
         self.owner = self.record["key"] and self.record["key"].name
-        self.history = {}  # provider dialect -> the conversation before this request, or None
+        self.sent = {}  # provider dialect -> (the items it is sent, this request's own among them), when rebuilt
         self.continues = None
+        store = self.gateway.responses
+        origins = dict.fromkeys(self._endpoint(target)[1] for target in route)
+        history = {}  # provider dialect -> the conversation before this request, or None
         previous = body.get("previous_response_id")
         if previous:
-            for target in route:
-                origin = self._endpoint(target)[1]
-                if origin not in self.history:
-                    self.history[origin] = await conversation(self.gateway.responses, previous, origin, self.owner)
-            if all(h is None for h in self.history.values()):
-                native = all(self._endpoint(t)[1] == DIALECT for t in route)
-                if not native:  # an OpenAI model may know an id the gateway never stored; no other can
+            for origin in origins:
+                history[origin] = await conversation(store, previous, origin, self.owner)
+            if all(h is None for h in history.values()):
+                if set(origins) != {DIALECT}:  # an OpenAI model may know an id the gateway never stored; no other can
                     raise not_found(previous, "previous_response_id")
             else:
                 self.continues = previous
+        own = input_items(body.get("input"))
+        wanted = references(own).union(*(references(h) for h in history.values() if h))
+        rebuilt = [o for o in origins if history.get(o) is not None or (wanted and o != DIALECT)]
+        found = await store.find(self.owner, wanted) if wanted and rebuilt else {}
+        for origin in rebuilt:  # the others get the client's input as it is (OpenAI resolves its own references)
+            strict = origin != DIALECT  # OpenAI may know an id the gateway does not; no other provider can
+            mine = resolved(own, found, origin, lambda n: f"input[{n}]", strict)
+            before = resolved(history.get(origin) or [], found, origin, lambda n: "previous_response_id", strict)
+            self.sent[origin] = (before + mine, mine)
         await super()._forward(client, body, route)
 
     def _endpoint(self, target):
@@ -66,15 +75,16 @@ class Create(Chat):
         return (native[0], DIALECT) if native else (target.url, target.dialect)
 
     def _upstream_request(self, client, body, target, pristine=True):
-        history = self.history.get(self._endpoint(target)[1])
-        if history is not None:
+        sent = self.sent.get(self._endpoint(target)[1])
+        if sent is not None:
             body = {k: v for k, v in body.items() if k != "previous_response_id"}
-            body["input"] = history + input_items(body.get("input"))
+            body["input"] = sent[0]
             pristine = False
         return super()._upstream_request(client, body, target, pristine)
 
     async def keep(self, answer, body, target):
-        """Store the answer (as the client got it) with this request's own input."""
+        """Store the answer (as the client got it) with this request's own input (its
+        references resolved, where they were)."""
         if body.get("store") is False:
             return
         if isinstance(answer, bytes):
@@ -85,9 +95,11 @@ class Create(Chat):
         rid = answer.get("id") if isinstance(answer, dict) else None
         if not isinstance(rid, str) or answer.get("status") == "failed":
             return
+        origin = self._endpoint(target)[1]
+        sent = self.sent.get(origin)
+        own = sent[1] if sent is not None else input_items(body.get("input"))
         try:
-            await self.gateway.responses.put(rid, record(answer, input_items(body.get("input")), self.continues,
-                                                         self._endpoint(target)[1], self.owner))
+            await self.gateway.responses.put(rid, record(answer, own, self.continues, origin, self.owner))
         except GatewayError as e:  # the answer is made (and paid for): it still goes to the client
             log.warning("%s: response %s not stored: %s", self.request_id, rid, e.message)
 
@@ -116,7 +128,7 @@ class InputItems(Base):
 
     async def get(self, rid):
         found = await _find(self, rid)
-        items = [_listed(item, f"msg_{rid[5:]}{n}") for n, item in enumerate(found["input"])]
+        items = [_listed(item, input_id(rid, n)) for n, item in enumerate(found["input"])]
         if self.get_argument("order", "desc") != "asc":
             items.reverse()
         after = self.get_argument("after", None)
@@ -137,7 +149,7 @@ class Compact(Create):
     models; other providers have no counterpart, so it is a clear 400 for them."""
 
     keeps_answers = False
-    history = {}
+    sent = {}
 
     async def _serve(self):
         self.record["key"] = self.authenticate()

@@ -133,12 +133,14 @@ def call_item(call_id, name, arguments, tools, status="completed"):
 # --- request: items -> turns ----------------------------------------------------------------
 
 def input_items(value):
-    """`input` as a list of items (a string is one user message)."""
+    """`input` as a list of items (a string is one user message); an item without a type is
+    a message, or a reference when it has only an id (the openai SDK's `ItemReference`)."""
     if value is None:
         return []
     if isinstance(value, str):
         return [{"type": "message", "role": "user", "content": value}]
-    return [item if "type" in item else {**item, "type": "message"} for item in value]
+    return [item if "type" in item else {**item, "type": "item_reference" if item.keys() == {"id"} else "message"}
+            for item in value]
 
 
 def _text(content):
