@@ -62,19 +62,20 @@ class Resumable:
     one message: a continuation's message_start, and the message_delta and message_stop
     of a pause that will be continued, are held back; a continuation's block indexes
     follow the ones before; the last message_delta carries the usage of every part.
-    The content is rebuilt from the events for the next continuation request, while it
-    stays under `limit` bytes of events (past it, the turn is not continued: see `going_on`)."""
+    The content blocks' events are kept, while they stay under `limit` bytes (past it, the
+    turn is not continued: see `going_on`), and the content is rebuilt from them only for a
+    continuation request: a turn that is never paused pays one append per event."""
 
     def __init__(self, pause, limit):
         self.pause, self.limit = pause, limit
-        self.content = []       # blocks of all parts so far
+        self.content = []       # blocks of all parts so far, as of the last continuation
         self.size = 0           # bytes of the events they came in
         self.continuations = 0  # made so far
         self.paused = False     # this part ended paused and will be continued
+        self._events = []       # (kind, index in the whole message, event) since the last continuation
         self._offset = 0        # index of this part's first block in the whole message
         self._usage = {}        # of the parts before this one, summed
         self._part = {}         # of this part
-        self._pieces = {}       # block index -> {field: the pieces its deltas brought so far}
 
     def going_on(self):
         """Whether another continuation may be made (the count and the size allow it)."""
@@ -83,18 +84,19 @@ class Resumable:
     def see(self, event, size):
         """The event to translate (index shifted, usage summed, a pause resolved), or None."""
         kind = event.get("type")
+        if kind in _BLOCK_EVENTS:  # most events: first
+            index = event.get("index")
+            if index.__class__ is int:
+                if self._offset:
+                    index += self._offset
+                    event = {**event, "index": index}
+                if self.size <= self.limit:
+                    self._events.append((kind, index, event))
+                    self.size += size
+            return event
         if kind == "message_start":
             self._part = dict((event.get("message") or {}).get("usage") or {})
             return event if not self.continuations else None
-        if kind in ("content_block_start", "content_block_delta", "content_block_stop"):
-            index = event.get("index")
-            if isinstance(index, int):
-                if self.size <= self.limit:
-                    self._keep(kind, self._offset + index, event)
-                    self.size += size
-                if self._offset:
-                    event = {**event, "index": self._offset + index}
-            return event
         if kind == "message_delta":
             self._part = {**self._part, **(event.get("usage") or {})}
             delta = event.get("delta") or {}
@@ -116,37 +118,43 @@ class Resumable:
         self.continuations += 1
         self.paused = False
         self._usage, self._part = add_usage(self._usage, self._part), {}
+        self._rebuild()
         self._offset = len(self.content)
         return self.pause.request(request, self.content)
 
-    def _keep(self, kind, index, event):
-        """The block an event starts, or adds to: deltas are kept as pieces, joined once at its stop."""
-        if kind == "content_block_start":
-            self.content.append(dict(event.get("content_block") or {}))
-            return
-        if not 0 <= index < len(self.content):
-            return
-        block = self.content[index]
-        if kind == "content_block_stop":
-            for field, pieces in self._pieces.pop(index, {}).items():
-                text = "".join(pieces)
-                if field != "input":
-                    block[field] = (block.get(field) or "") + text
-                elif text:
-                    try:
-                        block["input"] = jsonio.loads(text)
-                    except ValueError:
-                        pass  # kept as the start gave it: the provider's own fault shows in its answer
-            return
-        delta = event.get("delta") or {}
-        dtype = delta.get("type")
-        if dtype == "citations_delta":
-            block["citations"] = [*(block.get("citations") or ()), delta.get("citation")]
-        elif dtype in _DELTAS:
-            field, key = _DELTAS[dtype]
-            self._pieces.setdefault(index, {}).setdefault(field, []).append(delta.get(key) or "")
+    def _rebuild(self):
+        """The blocks the kept events start and add to, appended to `content`: deltas joined at
+        their block's stop (a block the provider never closed is left out of what goes back)."""
+        pieces = {}  # block index -> {field: the pieces its deltas brought}
+        for kind, index, event in self._events:
+            if kind == "content_block_start":
+                self.content.append(dict(event.get("content_block") or {}))
+                continue
+            if not 0 <= index < len(self.content):
+                continue
+            block = self.content[index]
+            if kind == "content_block_stop":
+                for field, parts in pieces.pop(index, {}).items():
+                    text = "".join(parts)
+                    if field != "input":
+                        block[field] = (block.get(field) or "") + text
+                    elif text:
+                        try:
+                            block["input"] = jsonio.loads(text)
+                        except ValueError:
+                            pass  # kept as the start gave it: the provider's own fault shows in its answer
+                continue
+            delta = event.get("delta") or {}
+            dtype = delta.get("type")
+            if dtype == "citations_delta":
+                block["citations"] = [*(block.get("citations") or ()), delta.get("citation")]
+            elif dtype in _DELTAS:
+                field, key = _DELTAS[dtype]
+                pieces.setdefault(index, {}).setdefault(field, []).append(delta.get(key) or "")
+        self._events = []
 
 
+_BLOCK_EVENTS = frozenset(("content_block_start", "content_block_delta", "content_block_stop"))
 # delta type -> (the block field it adds to, the delta field that carries it)
 _DELTAS = {"text_delta": ("text", "text"), "thinking_delta": ("thinking", "thinking"),
            "signature_delta": ("signature", "signature"), "input_json_delta": ("input", "partial_json")}
