@@ -10,8 +10,9 @@ a lease costs is the other way round: units leased and not yet used are
 unavailable to other replicas. That is kept small:
 
 - a lease is a sixteenth of the headroom left after the request, granted only
-  when it covers at least one more request of the same cost: the last
-  seventeen requests' worth of a window are admitted one by one, in Redis;
+  when it covers at least one more request of the same cost: none comes out
+  of the last seventeen requests' worth of a window's headroom, which are
+  admitted one by one in Redis (or from leases granted before);
 - a process asks for one lease per counter at a time;
 - a lease too small for a request is given back by the very call that admits
   it, and what is left of one after LEASE_SECONDS goes back on its own (a
